@@ -1,0 +1,42 @@
+//! The proxbalance scoring and recommendation engine.
+//!
+//! This crate is pure: it does no I/O, reads no clock and draws no random numbers. Its input is a
+//! [`ClusterView`] (one cluster at one instant, see `ENGINE.md` §1) and its output is a
+//! [`RecommendationSet`] or a [`MigrationOptions`] answer. The same input always yields the same
+//! output, whatever the order of nodes and guests in it.
+//!
+//! Units: percentages are 0–100, memory is GiB, disk and network rates are bytes per second, time
+//! is unix seconds.
+
+mod config;
+mod error;
+mod numeric;
+mod options;
+mod plan;
+mod report;
+mod score;
+pub mod synthetic;
+mod tags;
+mod trend;
+mod view;
+
+pub use config::{
+    CapacityBasis, ConfigError, MigrationSettings, Overrides, PenaltyConfig, Preset,
+    SeasonalBaseline, Thresholds,
+};
+pub use error::ViewError;
+pub use options::{
+    GuestGate, MigrationOptions, SourceOption, TargetOption, UnknownGuest, migration_options,
+};
+pub use plan::{
+    Conflict, CostBenefit, ExecutionPlan, ExecutionStep, NodeScore, ReasonKind, Recommendation,
+    RecommendationReason, RecommendationSet, Risk, SkipReason, SkippedGuest, Summary, Urgency,
+    plan,
+};
+pub use score::{Components, PENALTY_KEYS, PenaltyBreakdown, ScoreDetails, ScoreMetrics};
+pub use tags::GuestTags;
+pub use trend::{Confidence, Direction, MetricTrend, TrendAnalysis, TrendSummary};
+pub use view::{
+    Cluster, ClusterView, CurrentMetrics, DayAverages, Guest, GuestKind, GuestView, HistorySample,
+    Node, NodeStatus, NodeView, Storage, VIEW_FORMAT, WeekStats,
+};

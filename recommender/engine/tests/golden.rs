@@ -1,0 +1,52 @@
+//! `shared/spec/golden/settings.json`: the simplified settings → penalty configuration mapping.
+//! (The per-target golden cases run through `proxbalance options`, in the recommender's tests.)
+
+use std::path::PathBuf;
+
+use proxbalance_engine::MigrationSettings;
+use serde_json::Value;
+
+/// The golden directory: `$PROXBALANCE_GOLDEN_DIR`, or `shared/spec/golden` beside the checkout.
+fn golden_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PROXBALANCE_GOLDEN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/spec/golden");
+    assert!(
+        dir.is_dir(),
+        "golden cases not found at {}: set PROXBALANCE_GOLDEN_DIR",
+        dir.display()
+    );
+    dir
+}
+
+#[test]
+fn settings_mapping_matches() {
+    let text = std::fs::read_to_string(golden_dir().join("settings.json")).expect("settings.json");
+    let doc: Value = serde_json::from_str(&text).expect("json");
+    let cases = doc["cases"].as_array().expect("cases");
+    assert_eq!(cases.len(), 9);
+    for case in cases {
+        let settings = MigrationSettings {
+            sensitivity: case["sensitivity"].as_u64().expect("sensitivity") as u8,
+            trend_weight: case["trend_weight"].as_f64().expect("trend_weight"),
+            ..Default::default()
+        };
+        let config = serde_json::to_value(settings.to_config().expect("valid")).expect("json");
+        let expected = case["config"].as_object().expect("config");
+        let actual = config.as_object().expect("object");
+        assert_eq!(actual.len(), expected.len(), "key count for {settings:?}");
+        for (k, v) in expected {
+            let a = &actual[k];
+            let same = match (a.as_f64(), v.as_f64()) {
+                (Some(x), Some(y)) => x == y,
+                _ => a == v,
+            };
+            assert!(
+                same,
+                "{k} for sensitivity {} trend {}: got {a}, expected {v}",
+                settings.sensitivity, settings.trend_weight
+            );
+        }
+    }
+}

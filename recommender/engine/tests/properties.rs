@@ -1,0 +1,195 @@
+//! Properties of generated clusters: permutation invariance, hard gates held across the whole
+//! plan (arrivals and departures counted), no guest twice, the improvement gate.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use proxbalance_engine::synthetic::{Rng, cluster_view};
+use proxbalance_engine::{CapacityBasis, Cluster, ClusterView, GuestTags, plan};
+
+fn shuffled(mut view: ClusterView, seed: u64) -> ClusterView {
+    let mut rng = Rng::new(seed);
+    for i in (1..view.nodes.len()).rev() {
+        let j = rng.below(i + 1);
+        view.nodes.swap(i, j);
+    }
+    for i in (1..view.guests.len()).rev() {
+        let j = rng.below(i + 1);
+        view.guests.swap(i, j);
+    }
+    view
+}
+
+fn validated(view: ClusterView) -> Cluster {
+    view.validate()
+        .unwrap_or_else(|e| panic!("generated view refused: {e}"))
+}
+
+/// Replays a plan against the view and checks every hard gate on the final placement.
+fn check_gates(c: &Cluster) -> Result<(), TestCaseError> {
+    let set = plan(c, None);
+    let mut seen = BTreeSet::new();
+    // committed memory per node after every move (running guests leave, every arrival counts)
+    let mut committed: Vec<f64> = c.nodes.iter().map(|n| n.committed_mem_gb).collect();
+    let mut placement: BTreeMap<u32, usize> = c.guests.iter().map(|g| (g.vmid, g.node)).collect();
+    for r in &set.recommendations {
+        prop_assert!(seen.insert(r.vmid), "guest {} recommended twice", r.vmid);
+        let g = c.guest(r.vmid).expect("recommended guest exists");
+        let src = g.node;
+        prop_assert_eq!(&c.nodes[src].name, &r.source_node);
+        let ti = c.node_index(&r.target_node).expect("target exists");
+        let t = &c.nodes[ti];
+        prop_assert!(ti != src, "guest {} moved onto its own node", r.vmid);
+        prop_assert!(
+            t.is_online() && !t.maintenance,
+            "target {} not eligible",
+            t.name
+        );
+        prop_assert!(
+            c.nodes[src].is_online(),
+            "source {} not online",
+            c.nodes[src].name
+        );
+        for s in &g.storages {
+            prop_assert!(
+                t.storage.iter().any(|x| &x.id == s && x.active),
+                "guest {} needs storage {} that {} lacks",
+                r.vmid,
+                s,
+                t.name
+            );
+        }
+        if r.affinity_leader_vmid.is_none() {
+            prop_assert!(
+                r.score_improvement >= c.config.min_score_improvement,
+                "guest {} improves only {}",
+                r.vmid,
+                r.score_improvement
+            );
+        }
+        if g.is_running() {
+            committed[src] -= g.mem_max_gb;
+        }
+        committed[ti] += g.mem_max_gb;
+        placement.insert(r.vmid, ti);
+    }
+    if c.config.capacity_basis == CapacityBasis::Committed {
+        for r in &set.recommendations {
+            let ti = c.node_index(&r.target_node).expect("target");
+            let cap = (1.0 - c.config.capacity_headroom) * c.nodes[ti].total_mem_gb;
+            prop_assert!(
+                committed[ti] <= cap + 1e-9,
+                "{} over capacity: {} > {}",
+                r.target_node,
+                committed[ti],
+                cap
+            );
+        }
+    }
+    // anti-affinity: a moved guest is the only member of each of its exclude groups on its target
+    for r in &set.recommendations {
+        let g = c.guest(r.vmid).expect("guest");
+        let ti = placement[&r.vmid];
+        for other in c
+            .guests
+            .iter()
+            .filter(|o| o.vmid != g.vmid && placement[&o.vmid] == ti)
+        {
+            let shared: Vec<_> = g.tags.exclude.intersection(&other.tags.exclude).collect();
+            prop_assert!(
+                shared.is_empty(),
+                "{} and {} share {:?} on {}",
+                g.vmid,
+                other.vmid,
+                shared,
+                r.target_node
+            );
+        }
+    }
+    // every recommended or skipped guest is accounted once
+    for s in &set.skipped {
+        prop_assert!(
+            !seen.contains(&s.vmid),
+            "guest {} both moved and skipped",
+            s.vmid
+        );
+        prop_assert!(seen.insert(s.vmid), "guest {} skipped twice", s.vmid);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn output_does_not_depend_on_input_order(nodes in 2usize..9, guests in 0usize..60, seed: u64, perm: u64) {
+        let view = cluster_view(nodes, guests, seed);
+        let a = plan(&validated(view.clone()), None);
+        let b = plan(&validated(shuffled(view, perm)), None);
+        prop_assert_eq!(serde_json::to_string(&a).expect("json"), serde_json::to_string(&b).expect("json"));
+    }
+
+    #[test]
+    fn plans_never_break_a_hard_gate(nodes in 2usize..10, guests in 0usize..80, seed: u64) {
+        check_gates(&validated(cluster_view(nodes, guests, seed)))?;
+    }
+
+    #[test]
+    fn gates_hold_under_other_configurations(
+        nodes in 2usize..8,
+        guests in 0usize..60,
+        seed: u64,
+        msi in 0.0f64..40.0,
+        used_basis: bool,
+        aggressive: bool,
+    ) {
+        let mut c = validated(cluster_view(nodes, guests, seed));
+        let mut o = proxbalance_engine::Overrides::default();
+        if aggressive {
+            o.preset = Some(proxbalance_engine::Preset::Aggressive);
+        }
+        o.penalties.insert("min_score_improvement".into(), msi.into());
+        if used_basis {
+            o.penalties.insert("capacity_basis".into(), "used".into());
+        }
+        c.apply(&o).expect("valid overrides");
+        check_gates(&c)?;
+    }
+
+    #[test]
+    fn tag_parsing_never_panics(raw in proptest::collection::vec(".{0,40}", 0..6)) {
+        let _ = GuestTags::parse(&raw);
+    }
+
+    #[test]
+    fn arbitrary_json_never_panics(text in ".{0,300}") {
+        let _ = Cluster::from_json(&text);
+    }
+}
+
+#[test]
+fn limit_truncates_after_sorting() {
+    let c = validated(cluster_view(16, 300, 7));
+    let full = plan(&c, None);
+    assert!(
+        full.recommendations.len() > 3,
+        "the generated cluster should need several moves"
+    );
+    let top = plan(&c, Some(3));
+    assert_eq!(
+        top.recommendations,
+        full.recommendations[..3]
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.has_conflict = top
+                    .recommendations
+                    .iter()
+                    .find(|t| t.vmid == r.vmid)
+                    .is_some_and(|t| t.has_conflict);
+                r
+            })
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(top.execution_plan.total_steps, 3);
+}
