@@ -1,0 +1,4 @@
+//! The proxbalance recommender: the service that turns snapshots into recommendations, and the
+//! `proxbalance` command line.
+
+pub mod cli;
