@@ -1,0 +1,161 @@
+//! The service: one task per cluster, each polling on its own interval and publishing, so a
+//! slow or failing cluster never holds up the others.
+
+use std::time::{Duration, Instant};
+
+use proxbalance_proto::subjects::Subjects;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError};
+use crate::cycle::ClusterCollector;
+use crate::publisher::{PublishError, Publisher};
+use crate::pve::PveClient;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// NATS could not be reached.
+    #[error("cannot connect to NATS at {url}: {detail}")]
+    Connect {
+        /// The configured URL.
+        url: String,
+        /// The client's error.
+        detail: String,
+    },
+    /// The streams could not be set up.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+/// Installs the ring TLS provider as the process default (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Connects to NATS with the configured options.
+pub async fn connect_nats(config: &Config) -> Result<async_nats::Client, RunError> {
+    let url = config.nats.url.clone();
+    let mut opts = async_nats::ConnectOptions::new()
+        .name("proxbalance-collector")
+        .connection_timeout(Duration::from_millis(config.nats.connect_timeout_ms));
+    if let Some(creds) = &config.nats.credentials_file {
+        opts = opts
+            .credentials_file(creds)
+            .await
+            .map_err(|e| RunError::Connect {
+                url: url.clone(),
+                detail: format!("nats.credentials_file {}: {e}", creds.display()),
+            })?;
+    }
+    opts.connect(url.as_str())
+        .await
+        .map_err(|e| RunError::Connect {
+            url,
+            detail: e.to_string(),
+        })
+}
+
+/// Runs the collector until `shutdown` is cancelled: connects to NATS, creates the streams,
+/// then polls every configured cluster on its interval and publishes each cycle.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    config.validate()?;
+    install_crypto_provider();
+    let subjects =
+        Subjects::new(&config.nats.subject_prefix).map_err(|e| ConfigError::Invalid {
+            field: "nats.subject_prefix".into(),
+            detail: e.to_string(),
+        })?;
+    let nats = connect_nats(&config).await?;
+    let publisher = Publisher::new(
+        nats.clone(),
+        subjects,
+        &config.nats.stream_limits(),
+        Duration::from_millis(config.nats.publish_timeout_ms),
+    )
+    .await?;
+
+    let mut collectors = Vec::new();
+    for (index, c) in config.clusters.iter().enumerate() {
+        let client = c
+            .client_settings()
+            .and_then(PveClient::new)
+            .map_err(|source| ConfigError::Pve { index, source })?;
+        collectors.push((
+            ClusterCollector::new(c.cycle_settings(), client),
+            c.interval(),
+        ));
+    }
+
+    let tracker = TaskTracker::new();
+    for (collector, interval) in collectors {
+        tracker.spawn(cluster_loop(
+            collector,
+            interval,
+            publisher.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tracker.close();
+    tracing::info!(clusters = config.clusters.len(), "collector running");
+    tracker.wait().await;
+    if let Err(e) = nats.flush().await {
+        tracing::warn!(error = %e, "NATS flush at shutdown failed");
+    }
+    tracing::info!("collector stopped");
+    Ok(())
+}
+
+/// Polls one cluster until shutdown. A cycle in progress is abandoned on shutdown.
+pub async fn cluster_loop(
+    mut collector: ClusterCollector,
+    interval: Duration,
+    publisher: Publisher,
+    shutdown: CancellationToken,
+) {
+    let cluster = collector.cluster().to_owned();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let started = Instant::now();
+        let cycle = async {
+            let out = collector.collect().await;
+            let report = publisher.publish_cycle(&out).await;
+            (out, report)
+        };
+        let (out, report) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = cycle => r,
+        };
+        let elapsed = started.elapsed();
+        metrics::histogram!("proxbalance_collector_cycle_duration_seconds", "cluster" => cluster.clone())
+            .record(elapsed.as_secs_f64());
+        metrics::counter!("proxbalance_collector_snapshots_published_total", "cluster" => cluster.clone())
+            .increment(report.published as u64);
+        metrics::counter!("proxbalance_collector_publish_failures_total", "cluster" => cluster.clone())
+            .increment(report.failed as u64);
+        metrics::counter!("proxbalance_collector_cycles_total", "cluster" => cluster.clone())
+            .increment(1);
+        metrics::gauge!("proxbalance_collector_api_requests_per_cycle", "cluster" => cluster.clone())
+            .set(f64::from(out.status.api_requests));
+        tracing::info!(
+            cluster = %cluster,
+            cycle = out.status.cycle,
+            nodes = out.snapshots.len(),
+            errors = out.status.errors.len(),
+            api_requests = out.status.api_requests,
+            published = report.published,
+            failed = report.failed,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "cycle done"
+        );
+    }
+}

@@ -1,0 +1,411 @@
+//! Configuration: a TOML file, every key overridable by environment variables with the prefix
+//! `PROXBALANCE_COLLECTOR__` and `__` between levels (e.g. `PROXBALANCE_COLLECTOR__NATS__URL`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use crate::cycle::CycleSettings;
+use crate::publisher::StreamLimits;
+use crate::pve::tls::parse_fingerprint;
+use crate::pve::{ApiToken, PveClientSettings, PveError, TlsVerification};
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "PROXBALANCE_COLLECTOR__";
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be parsed into the configuration.
+    #[error("configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    /// A value is out of range or inconsistent.
+    #[error("configuration, {field}: {detail}")]
+    Invalid {
+        /// The key at fault (e.g. `clusters[0].endpoints`).
+        field: String,
+        /// What was expected.
+        detail: String,
+    },
+    /// The PVE client settings of a cluster are unusable.
+    #[error("configuration, clusters[{index}]: {source}")]
+    Pve {
+        /// Index of the cluster.
+        index: usize,
+        /// The client's error.
+        #[source]
+        source: PveError,
+    },
+}
+
+/// The whole collector configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// NATS connection and streams.
+    #[serde(default)]
+    pub nats: NatsConfig,
+    /// Prometheus exporter.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// The PVE clusters to poll.
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+}
+
+/// NATS settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated.
+    pub url: String,
+    /// Subject prefix (several deployments can share one NATS).
+    pub subject_prefix: String,
+    /// Time to wait for a publish acknowledgement.
+    pub publish_timeout_ms: u64,
+    /// Time to wait for the initial connection.
+    pub connect_timeout_ms: u64,
+    /// A NATS credentials file (JWT + nkey), if the server requires it.
+    pub credentials_file: Option<PathBuf>,
+    /// `max_age` of the snapshot stream, seconds.
+    pub snapshots_max_age_s: u64,
+    /// `max_bytes` of the snapshot stream (-1 = unlimited).
+    pub snapshots_max_bytes: i64,
+    /// `max_age` of the history stream, seconds (0 = unlimited).
+    pub history_max_age_s: u64,
+    /// Stream replicas.
+    pub replicas: usize,
+    /// De-duplication window, seconds.
+    pub duplicate_window_s: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            subject_prefix: proxbalance_proto::subjects::DEFAULT_PREFIX.into(),
+            publish_timeout_ms: 5000,
+            connect_timeout_ms: 5000,
+            credentials_file: None,
+            snapshots_max_age_s: 7200,
+            snapshots_max_bytes: -1,
+            history_max_age_s: 0,
+            replicas: 1,
+            duplicate_window_s: 120,
+        }
+    }
+}
+
+impl NatsConfig {
+    /// The stream limits of this configuration.
+    pub fn stream_limits(&self) -> StreamLimits {
+        StreamLimits {
+            snapshots_max_age: Duration::from_secs(self.snapshots_max_age_s),
+            snapshots_max_bytes: self.snapshots_max_bytes,
+            history_max_age: Duration::from_secs(self.history_max_age_s),
+            replicas: self.replicas,
+            duplicate_window: Duration::from_secs(self.duplicate_window_s),
+        }
+    }
+}
+
+/// Prometheus exporter settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the `/metrics` HTTP listener (e.g. `127.0.0.1:9464`); none = no exporter.
+    pub listen: Option<String>,
+}
+
+/// One PVE cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Name on the wire (subjects, messages).
+    pub name: String,
+    /// API base URLs (`https://host:8006`), tried in order with failover.
+    pub endpoints: Vec<String>,
+    /// Token id `user@realm!tokenid`.
+    pub token_id: String,
+    /// File holding the token secret (preferred).
+    #[serde(default)]
+    pub token_secret_file: Option<PathBuf>,
+    /// Environment variable holding the token secret.
+    #[serde(default)]
+    pub token_secret_env: Option<String>,
+    /// PEM file of the CA that signed the nodes' certificates (`pve-root-ca.pem`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Pinned SHA-256 fingerprint of the API certificate.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    /// Accept any certificate (labs only; logged as a warning).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Seconds between cycles.
+    #[serde(default = "defaults::interval_s")]
+    pub interval_s: f64,
+    /// Timeout of one request, ms.
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Timeout of a TCP connect, ms.
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Most requests in flight to this cluster.
+    #[serde(default = "defaults::max_concurrency")]
+    pub max_concurrency: usize,
+    /// Seconds a guest config stays cached.
+    #[serde(default = "defaults::guest_config_ttl_s")]
+    pub guest_config_ttl_s: u64,
+    /// Most guest configs fetched per cycle.
+    #[serde(default = "defaults::guest_config_budget")]
+    pub guest_config_budget: usize,
+    /// Seconds between refreshes of the per-node RRD IOWait fallback.
+    #[serde(default = "defaults::rrd_refresh_s")]
+    pub rrd_refresh_s: u64,
+    /// Seconds between `NodeHistory` collections.
+    #[serde(default = "defaults::history_interval_s")]
+    pub history_interval_s: u64,
+    /// Use `/cluster/metrics/export` on PVE ≥ 8.2.5.
+    #[serde(default = "defaults::yes")]
+    pub use_metrics_export: bool,
+}
+
+mod defaults {
+    pub fn interval_s() -> f64 {
+        30.0
+    }
+    pub fn request_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn connect_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn max_concurrency() -> usize {
+        4
+    }
+    pub fn guest_config_ttl_s() -> u64 {
+        600
+    }
+    pub fn guest_config_budget() -> usize {
+        256
+    }
+    pub fn rrd_refresh_s() -> u64 {
+        60
+    }
+    pub fn history_interval_s() -> u64 {
+        3600
+    }
+    pub fn yes() -> bool {
+        true
+    }
+}
+
+impl ClusterConfig {
+    /// A cluster with default tunables.
+    pub fn new(name: &str, endpoints: Vec<String>, token_id: &str) -> Self {
+        Self {
+            name: name.into(),
+            endpoints,
+            token_id: token_id.into(),
+            token_secret_file: None,
+            token_secret_env: None,
+            ca_file: None,
+            fingerprint: None,
+            insecure_skip_verify: false,
+            interval_s: defaults::interval_s(),
+            request_timeout_ms: defaults::request_timeout_ms(),
+            connect_timeout_ms: defaults::connect_timeout_ms(),
+            max_concurrency: defaults::max_concurrency(),
+            guest_config_ttl_s: defaults::guest_config_ttl_s(),
+            guest_config_budget: defaults::guest_config_budget(),
+            rrd_refresh_s: defaults::rrd_refresh_s(),
+            history_interval_s: defaults::history_interval_s(),
+            use_metrics_export: true,
+        }
+    }
+
+    /// The TLS mode: exactly one of `ca_file`, `fingerprint`, `insecure_skip_verify`.
+    pub fn tls(&self) -> Result<TlsVerification, PveError> {
+        match (&self.ca_file, &self.fingerprint, self.insecure_skip_verify) {
+            (Some(ca), None, false) => Ok(TlsVerification::CaFile(ca.clone())),
+            (None, Some(fp), false) => Ok(TlsVerification::Fingerprint(parse_fingerprint(fp)?)),
+            (None, None, true) => Ok(TlsVerification::InsecureSkipVerify),
+            _ => Err(PveError::Config {
+                field: "tls".into(),
+                detail:
+                    "expected exactly one of ca_file, fingerprint or insecure_skip_verify = true"
+                        .into(),
+            }),
+        }
+    }
+
+    /// The PVE client settings (reads the token secret).
+    pub fn client_settings(&self) -> Result<PveClientSettings, PveError> {
+        Ok(PveClientSettings {
+            cluster: self.name.clone(),
+            endpoints: self.endpoints.clone(),
+            token: ApiToken::load(
+                &self.token_id,
+                self.token_secret_file.as_ref(),
+                self.token_secret_env.as_deref(),
+            )?,
+            tls: self.tls()?,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            max_concurrency: self.max_concurrency,
+        })
+    }
+
+    /// The cycle settings.
+    pub fn cycle_settings(&self) -> CycleSettings {
+        CycleSettings {
+            cluster: self.name.clone(),
+            guest_config_ttl: Duration::from_secs(self.guest_config_ttl_s),
+            guest_config_budget: self.guest_config_budget,
+            rrd_refresh: Duration::from_secs(self.rrd_refresh_s),
+            history_interval: Duration::from_secs(self.history_interval_s),
+            use_metrics_export: self.use_metrics_export,
+        }
+    }
+
+    /// The cycle interval.
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs_f64(self.interval_s)
+    }
+}
+
+impl Config {
+    /// Loads the TOML file (if given) with environment overrides, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::new();
+        if let Some(p) = path {
+            fig = fig.merge(Toml::file_exact(p));
+        }
+        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let cfg: Config = fig.extract().map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses a TOML string (no environment), then validates.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges and consistency; every error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: String, detail: &str| ConfigError::Invalid {
+            field,
+            detail: detail.to_owned(),
+        };
+        if self.clusters.is_empty() {
+            return Err(invalid("clusters".into(), "expected at least one cluster"));
+        }
+        proxbalance_proto::subjects::Subjects::new(&self.nats.subject_prefix).map_err(|e| {
+            ConfigError::Invalid {
+                field: "nats.subject_prefix".into(),
+                detail: e.to_string(),
+            }
+        })?;
+        if self.nats.publish_timeout_ms == 0 {
+            return Err(invalid("nats.publish_timeout_ms".into(), "expected > 0"));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, c) in self.clusters.iter().enumerate() {
+            if c.name.is_empty() || !names.insert(c.name.clone()) {
+                return Err(invalid(
+                    format!("clusters[{i}].name"),
+                    "expected a non-empty, unique name",
+                ));
+            }
+            if !(c.interval_s.is_finite() && c.interval_s >= 0.1) {
+                return Err(invalid(
+                    format!("clusters[{i}].interval_s"),
+                    "expected a number ≥ 0.1",
+                ));
+            }
+            if c.request_timeout_ms == 0 {
+                return Err(invalid(
+                    format!("clusters[{i}].request_timeout_ms"),
+                    "expected > 0",
+                ));
+            }
+            if c.max_concurrency == 0 {
+                return Err(invalid(
+                    format!("clusters[{i}].max_concurrency"),
+                    "expected > 0",
+                ));
+            }
+            c.tls()
+                .map_err(|source| ConfigError::Pve { index: i, source })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[nats]
+url = "nats://127.0.0.1:4222"
+
+[[clusters]]
+name = "prod"
+endpoints = ["https://pve1:8006", "https://pve2:8006"]
+token_id = "collector@pve!lb"
+token_secret_env = "PVE_SECRET"
+fingerprint = "80:D4:F2:DF:64:95:CD:8D:A0:82:82:AC:48:BA:C0:7A:1B:6B:87:8B:FE:B9:83:1C:95:4E:79:58:77:99:69:F5"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let cfg = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(cfg.nats.subject_prefix, "proxbalance");
+        assert_eq!(cfg.nats.publish_timeout_ms, 5000);
+        let c = &cfg.clusters[0];
+        assert_eq!(c.interval_s, 30.0);
+        assert_eq!(c.guest_config_ttl_s, 600);
+        assert!(matches!(c.tls().unwrap(), TlsVerification::Fingerprint(fp) if fp[0] == 0x80));
+    }
+
+    #[test]
+    fn two_tls_modes_are_refused() {
+        let text = format!("{MINIMAL}insecure_skip_verify = true\n");
+        let err = Config::from_toml(&text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "configuration, clusters[0]: PVE client configuration, tls: expected exactly one of ca_file, fingerprint or insecure_skip_verify = true"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let err = Config::from_toml(&format!("{MINIMAL}bogus = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+        let err = Config::from_toml(&format!("{MINIMAL}interval_s = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "configuration, clusters[0].interval_s: expected a number ≥ 0.1"
+        );
+        let err = Config::from_toml("[nats]\n").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "configuration, clusters: expected at least one cluster"
+        );
+    }
+}

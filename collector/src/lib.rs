@@ -1,0 +1,18 @@
+//! Polls Proxmox VE clusters and publishes per-node snapshots to NATS JetStream.
+//!
+//! - [`pve`]: the PVE API client (token auth, verified TLS, failover, lenient decoding).
+//! - [`snapshot`]: pure construction of the wire messages from PVE answers.
+//! - [`cycle`]: one collection cycle of one cluster, with its caches.
+//! - [`publisher`]: JetStream streams and acknowledged publishing.
+//! - [`config`]: the TOML/env configuration.
+//! - [`app`]: [`app::run`], the service loop for many clusters.
+
+pub mod app;
+pub mod config;
+pub mod cycle;
+pub mod publisher;
+pub mod pve;
+pub mod snapshot;
+
+pub use app::run;
+pub use config::Config;

@@ -1,0 +1,275 @@
+//! Publishing to NATS JetStream: streams created if missing, every publish acknowledged within
+//! a timeout, `Nats-Msg-Id` for de-duplication and a W3C `traceparent` header.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use proxbalance_proto::headers;
+use proxbalance_proto::subjects::Subjects;
+
+use crate::cycle::CycleOutput;
+
+/// Limits of the streams the collector creates when they do not exist.
+#[derive(Debug, Clone)]
+pub struct StreamLimits {
+    /// `max_age` of the snapshot stream (at least the recommender's replay window).
+    pub snapshots_max_age: Duration,
+    /// `max_bytes` of the snapshot stream (-1 = unlimited).
+    pub snapshots_max_bytes: i64,
+    /// `max_age` of the history stream (0 = unlimited; one message per node is kept anyway).
+    pub history_max_age: Duration,
+    /// Replicas of every stream.
+    pub replicas: usize,
+    /// JetStream de-duplication window.
+    pub duplicate_window: Duration,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            snapshots_max_age: Duration::from_secs(2 * 3600),
+            snapshots_max_bytes: -1,
+            history_max_age: Duration::ZERO,
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Why a publish or the stream set-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// A stream could not be looked up or created.
+    #[error("JetStream stream {stream}: {detail}")]
+    Stream {
+        /// Stream name.
+        stream: String,
+        /// The server's answer.
+        detail: String,
+    },
+    /// The message could not be sent.
+    #[error("publish to {subject}: {detail}")]
+    Send {
+        /// Subject of the message.
+        subject: String,
+        /// The client's error.
+        detail: String,
+    },
+    /// No acknowledgement within the timeout.
+    #[error("publish to {subject}: no acknowledgement within {timeout_ms} ms")]
+    AckTimeout {
+        /// Subject of the message.
+        subject: String,
+        /// The configured timeout.
+        timeout_ms: u64,
+    },
+}
+
+/// Outcome of publishing one cycle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishReport {
+    /// Messages acknowledged (including duplicates the server dropped).
+    pub published: usize,
+    /// Messages not acknowledged.
+    pub failed: usize,
+}
+
+/// Publishes the collector's messages.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    js: jetstream::Context,
+    subjects: Subjects,
+    ack_timeout: Duration,
+}
+
+/// A fresh W3C traceparent with a random trace id and span id.
+pub fn new_traceparent() -> String {
+    let rng = ring::rand::SystemRandom::new();
+    let mut bytes = [0u8; 24];
+    if ring::rand::SecureRandom::fill(&rng, &mut bytes).is_err() {
+        // Fall back to the clock: the ids only need to be unlikely to collide.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(1);
+        bytes[..16].copy_from_slice(&nanos.to_le_bytes());
+        bytes[16..].copy_from_slice(&(nanos as u64 | 1).to_be_bytes());
+    }
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!("00-{}-{}-01", hex(&bytes[..16]), hex(&bytes[16..]))
+}
+
+impl Publisher {
+    /// Creates the publisher and makes sure the snapshot and history streams exist.
+    pub async fn new(
+        client: async_nats::Client,
+        subjects: Subjects,
+        limits: &StreamLimits,
+        ack_timeout: Duration,
+    ) -> Result<Self, PublishError> {
+        let js = jetstream::new(client);
+        let publisher = Self {
+            js,
+            subjects,
+            ack_timeout,
+        };
+        publisher.ensure_streams(limits).await?;
+        Ok(publisher)
+    }
+
+    /// The subjects in use.
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    /// Creates the snapshot and history streams when they do not exist (existing streams are
+    /// left as configured by the operator).
+    pub async fn ensure_streams(&self, limits: &StreamLimits) -> Result<(), PublishError> {
+        let snapshots = stream::Config {
+            name: self.subjects.snapshots_stream(),
+            subjects: self.subjects.snapshots_stream_subjects(),
+            max_age: limits.snapshots_max_age,
+            max_bytes: limits.snapshots_max_bytes,
+            storage: stream::StorageType::File,
+            num_replicas: limits.replicas,
+            duplicate_window: limits.duplicate_window,
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        };
+        let history = stream::Config {
+            name: self.subjects.history_stream(),
+            subjects: vec![self.subjects.all_history()],
+            max_messages_per_subject: 1,
+            max_age: limits.history_max_age,
+            storage: stream::StorageType::File,
+            num_replicas: limits.replicas,
+            duplicate_window: limits.duplicate_window,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        };
+        for cfg in [snapshots, history] {
+            let name = cfg.name.clone();
+            self.js
+                .get_or_create_stream(cfg)
+                .await
+                .map_err(|e| PublishError::Stream {
+                    stream: name,
+                    detail: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Publishes one message and waits for its acknowledgement.
+    pub async fn publish(
+        &self,
+        subject: String,
+        msg_id: String,
+        message_type: &str,
+        traceparent: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), PublishError> {
+        let mut h = HeaderMap::new();
+        h.insert(headers::MSG_ID, msg_id.as_str());
+        h.insert(headers::TRACEPARENT, traceparent);
+        h.insert(headers::CONTENT_TYPE, headers::CONTENT_TYPE_PROTOBUF);
+        h.insert(
+            headers::SCHEMA_VERSION,
+            proxbalance_proto::SCHEMA_VERSION.to_string().as_str(),
+        );
+        h.insert(headers::MESSAGE_TYPE, message_type);
+        let timeout_ms = u64::try_from(self.ack_timeout.as_millis()).unwrap_or(u64::MAX);
+        let attempt = async {
+            let ack = self
+                .js
+                .publish_with_headers(subject.clone(), h, payload.into())
+                .await
+                .map_err(|e| PublishError::Send {
+                    subject: subject.clone(),
+                    detail: e.to_string(),
+                })?;
+            ack.await.map_err(|e| PublishError::Send {
+                subject: subject.clone(),
+                detail: e.to_string(),
+            })
+        };
+        match tokio::time::timeout(self.ack_timeout, attempt).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(PublishError::AckTimeout {
+                subject,
+                timeout_ms,
+            }),
+        }
+    }
+
+    /// Publishes every message of a cycle: histories, snapshots, then the cluster status
+    /// (so a consumer seeing the status knows the cycle's snapshots are stored).
+    pub async fn publish_cycle(&self, out: &CycleOutput) -> PublishReport {
+        let trace = new_traceparent();
+        let mut report = PublishReport::default();
+        let record = |r: Result<(), PublishError>, report: &mut PublishReport| match r {
+            Ok(()) => report.published += 1,
+            Err(e) => {
+                tracing::warn!(error = %e, "publish failed");
+                report.failed += 1;
+            }
+        };
+        for h in &out.histories {
+            let r = self
+                .publish(
+                    self.subjects.history(&h.cluster, &h.node),
+                    headers::history_msg_id(&h.cluster, &h.node, h.collected_at_unix_ms),
+                    "proxbalance.v1.NodeHistory",
+                    &trace,
+                    proxbalance_proto::encode(h),
+                )
+                .await;
+            record(r, &mut report);
+        }
+        let sends = out.snapshots.iter().map(|s| {
+            self.publish(
+                self.subjects.snapshot(&s.cluster, &s.node),
+                headers::snapshot_msg_id(&s.cluster, &s.node, s.cycle),
+                "proxbalance.v1.NodeSnapshot",
+                &trace,
+                proxbalance_proto::encode(s),
+            )
+        });
+        for r in futures_util::future::join_all(sends).await {
+            record(r, &mut report);
+        }
+        let st = &out.status;
+        let r = self
+            .publish(
+                self.subjects.cluster_status(&st.cluster),
+                headers::cluster_status_msg_id(&st.cluster, st.cycle),
+                "proxbalance.v1.ClusterStatus",
+                &trace,
+                proxbalance_proto::encode(st),
+            )
+            .await;
+        record(r, &mut report);
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_traceparent;
+
+    #[test]
+    fn traceparent_has_the_w3c_shape() {
+        let t = new_traceparent();
+        let parts: Vec<&str> = t.split('-').collect();
+        assert_eq!(parts.len(), 4, "{t}");
+        assert_eq!(parts[0], "00");
+        assert_eq!(parts[1].len(), 32);
+        assert_eq!(parts[2].len(), 16);
+        assert_eq!(parts[3], "01");
+        assert!(parts[1].bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(new_traceparent(), t);
+    }
+}

@@ -1,0 +1,173 @@
+//! End-to-end test support: a real `nats-server` with JetStream on a random port.
+//!
+//! [`NatsServer::start`] spawns the binary (`$NATS_SERVER_BIN`, else `/usr/sbin/nats-server`)
+//! with `-p -1 --ports_file_dir`, waits for the ports file the server writes once it listens,
+//! and kills the process on drop. [`NatsServer::restart`] brings it back on the same port with
+//! the same store directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why the server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// The binary could not be spawned.
+    #[error("cannot spawn {bin}: {source}")]
+    Spawn {
+        /// Path of the binary.
+        bin: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The server did not write its ports file in time.
+    #[error("nats-server (pid {pid}) wrote no usable ports file in {dir} within {timeout_ms} ms")]
+    NoPorts {
+        /// Process id.
+        pid: u32,
+        /// Directory watched.
+        dir: String,
+        /// How long we waited.
+        timeout_ms: u64,
+    },
+    /// The server exited during start-up.
+    #[error("nats-server exited during start-up with {status}")]
+    Exited {
+        /// Exit status.
+        status: String,
+    },
+    /// Temporary directory trouble.
+    #[error("temporary directory: {0}")]
+    TempDir(#[from] std::io::Error),
+}
+
+/// A running `nats-server -js` owned by a test.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn binary() -> String {
+    std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "/usr/sbin/nats-server".to_owned())
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl NatsServer {
+    /// Starts a server on a random loopback port with a fresh JetStream store.
+    pub fn start() -> Result<Self, HarnessError> {
+        let dir = tempfile::tempdir()?;
+        let (child, port) = spawn(dir.path(), None)?;
+        Ok(Self {
+            child: Some(child),
+            dir,
+            port,
+        })
+    }
+
+    /// The client URL (`nats://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the server if running, then starts it again on the same port and store.
+    pub fn restart(&mut self) -> Result<(), HarnessError> {
+        self.stop();
+        let (child, port) = spawn(self.dir.path(), Some(self.port))?;
+        self.child = Some(child);
+        self.port = port;
+        Ok(())
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn(dir: &Path, port: Option<u16>) -> Result<(Child, u16), HarnessError> {
+    let bin = binary();
+    let ports_dir = dir.join("ports");
+    std::fs::create_dir_all(&ports_dir)?;
+    for entry in std::fs::read_dir(&ports_dir)?.flatten() {
+        let _ = std::fs::remove_file(entry.path());
+    }
+    let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+    let mut child = Command::new(&bin)
+        .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+        .arg(dir.join("store"))
+        .arg("--ports_file_dir")
+        .arg(&ports_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|source| HarnessError::Spawn {
+            bin: bin.clone(),
+            source,
+        })?;
+    let pid = child.id();
+    let file: PathBuf = ports_dir.join(format!("nats-server_{pid}.ports"));
+    let started = Instant::now();
+    loop {
+        if let Some(port) = read_port(&file) {
+            return Ok((child, port));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(HarnessError::Exited {
+                status: status.to_string(),
+            });
+        }
+        if started.elapsed() > START_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(HarnessError::NoPorts {
+                pid,
+                dir: ports_dir.display().to_string(),
+                timeout_ms: START_TIMEOUT.as_millis() as u64,
+            });
+        }
+        // The server writes the file once its listeners are up; poll for it.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn read_port(file: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let url = v.get("nats")?.as_array()?.first()?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_on_a_random_port_and_restarts_on_the_same_one() {
+        let mut s = NatsServer::start().unwrap();
+        let port = s.port();
+        assert!(port > 0);
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        s.restart().unwrap();
+        assert_eq!(s.port(), port);
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        s.stop();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    }
+}
