@@ -99,7 +99,8 @@ impl TrendAnalysis {
         let iowait: Vec<f64> = history.iter().map(|s| s.iowait).collect();
         let hours: Vec<f64> = history
             .iter()
-            .map(|s| (s.t - history[0].t) as f64 / 3600.0)
+            // in f64: timestamps come from outside and their difference may not fit an i64
+            .map(|s| (s.t as f64 - history[0].t as f64) / 3600.0)
             .collect();
         let cpu = metric_trend(&hours, &cpu);
         let mem = metric_trend(&hours, &mem);
@@ -266,6 +267,16 @@ mod tests {
         assert_eq!(t.cpu.confidence, Confidence::High);
         assert_eq!(t.cpu.direction, Direction::SustainedIncrease);
         assert!(t.cpu_rising);
+    }
+
+    #[test]
+    fn extreme_timestamps_do_not_overflow() {
+        let mut h = series(&[10.0, 20.0, 30.0, 40.0]);
+        h[0].t = i64::MIN;
+        h[3].t = i64::MAX;
+        let t = TrendAnalysis::of(&h);
+        assert_eq!(t.samples, 4);
+        assert!(t.cpu.rate_per_day.is_finite());
     }
 
     #[test]

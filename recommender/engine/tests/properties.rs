@@ -31,6 +31,12 @@ fn check_gates(c: &Cluster) -> Result<(), TestCaseError> {
     let mut seen = BTreeSet::new();
     // committed memory per node after every move (running guests leave, every arrival counts)
     let mut committed: Vec<f64> = c.nodes.iter().map(|n| n.committed_mem_gb).collect();
+    // memory in use per node, GiB, for the `used` basis: departures free what the guest uses
+    let mut used: Vec<f64> = c
+        .nodes
+        .iter()
+        .map(|n| n.current.mem / 100.0 * n.total_mem_gb)
+        .collect();
     let mut placement: BTreeMap<u32, usize> = c.guests.iter().map(|g| (g.vmid, g.node)).collect();
     for r in &set.recommendations {
         prop_assert!(seen.insert(r.vmid), "guest {} recommended twice", r.vmid);
@@ -71,20 +77,26 @@ fn check_gates(c: &Cluster) -> Result<(), TestCaseError> {
             committed[src] -= g.mem_max_gb;
         }
         committed[ti] += g.mem_max_gb;
+        used[src] = (used[src] - g.mem_used_gb).max(0.0);
+        used[ti] += g.mem_max_gb;
         placement.insert(r.vmid, ti);
     }
-    if c.config.capacity_basis == CapacityBasis::Committed {
-        for r in &set.recommendations {
-            let ti = c.node_index(&r.target_node).expect("target");
-            let cap = (1.0 - c.config.capacity_headroom) * c.nodes[ti].total_mem_gb;
-            prop_assert!(
-                committed[ti] <= cap + 1e-9,
-                "{} over capacity: {} > {}",
-                r.target_node,
-                committed[ti],
-                cap
-            );
-        }
+    // every arrival passed the gate with all earlier moves counted, and later departures only
+    // free memory, so the final placement must fit too
+    let basis = match c.config.capacity_basis {
+        CapacityBasis::Committed => &committed,
+        CapacityBasis::Used => &used,
+    };
+    for r in &set.recommendations {
+        let ti = c.node_index(&r.target_node).expect("target");
+        let cap = (1.0 - c.config.capacity_headroom) * c.nodes[ti].total_mem_gb;
+        prop_assert!(
+            basis[ti] <= cap + 1e-6,
+            "{} over capacity: {} > {}",
+            r.target_node,
+            basis[ti],
+            cap
+        );
     }
     // anti-affinity: a moved guest is the only member of each of its exclude groups on its target
     for r in &set.recommendations {
@@ -164,6 +176,88 @@ proptest! {
     #[test]
     fn arbitrary_json_never_panics(text in ".{0,300}") {
         let _ = Cluster::from_json(&text);
+    }
+}
+
+/// A value that is wrong in some way for most fields of a cluster view.
+fn hostile_value(rng: &mut Rng) -> serde_json::Value {
+    use serde_json::json;
+    let choices = [
+        json!(null),
+        json!(-1),
+        json!(-1e300),
+        json!(1e300),
+        json!(0),
+        json!(i64::MAX),
+        json!(i64::MIN),
+        json!(u64::MAX),
+        json!(""),
+        json!("x".repeat(1000)),
+        json!(true),
+        json!([]),
+        json!({}),
+        json!(0.5),
+        json!("online"),
+        json!("running"),
+    ];
+    choices[rng.below(choices.len())].clone()
+}
+
+/// Replaces or removes one value somewhere in a JSON document.
+fn mutate(v: &mut serde_json::Value, rng: &mut Rng) {
+    use serde_json::Value;
+    let n = match v {
+        Value::Object(m) => m.len(),
+        Value::Array(a) => a.len(),
+        _ => 0,
+    };
+    if n == 0 {
+        *v = hostile_value(rng);
+        return;
+    }
+    let i = rng.below(n);
+    if rng.chance(0.75) {
+        let child = match v {
+            Value::Object(m) => m.values_mut().nth(i),
+            Value::Array(a) => a.get_mut(i),
+            _ => None,
+        };
+        if let Some(child) = child {
+            mutate(child, rng);
+            return;
+        }
+    }
+    match v {
+        Value::Object(m) => {
+            if let Some(k) = m.keys().nth(i).cloned() {
+                m.remove(&k);
+            }
+        }
+        Value::Array(a) => a[i] = hostile_value(rng),
+        _ => {}
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Structured fuzzing of the cluster-view input: valid views with a few values replaced or
+    /// removed are either refused with an error or planned, never a panic.
+    #[test]
+    fn mutated_views_are_refused_or_planned(seed: u64, mutations in 1usize..6) {
+        let view = cluster_view(4, 24, seed);
+        let mut doc = serde_json::to_value(&view).expect("json");
+        let mut rng = Rng::new(seed ^ 0x5eed);
+        for _ in 0..mutations {
+            mutate(&mut doc, &mut rng);
+        }
+        if let Ok(cluster) = Cluster::from_json(&doc.to_string()) {
+            let set = plan(&cluster, None);
+            prop_assert!(set.recommendations.len() <= cluster.guests.len());
+            if let Some(g) = cluster.guests.first() {
+                prop_assert!(proxbalance_engine::migration_options(&cluster, g.vmid).is_ok());
+            }
+        }
     }
 }
 
