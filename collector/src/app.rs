@@ -34,29 +34,21 @@ pub enum RunError {
 
 /// Installs the ring TLS provider as the process default (idempotent).
 pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    proxbalance_runtime::install_crypto_provider();
 }
 
 /// Connects to NATS with the configured options.
 pub async fn connect_nats(config: &Config) -> Result<async_nats::Client, RunError> {
-    let url = config.nats.url.clone();
-    let mut opts = async_nats::ConnectOptions::new()
-        .name("proxbalance-collector")
-        .connection_timeout(Duration::from_millis(config.nats.connect_timeout_ms));
-    if let Some(creds) = &config.nats.credentials_file {
-        opts = opts
-            .credentials_file(creds)
-            .await
-            .map_err(|e| RunError::Connect {
-                url: url.clone(),
-                detail: format!("nats.credentials_file {}: {e}", creds.display()),
-            })?;
-    }
-    opts.connect(url.as_str())
+    proxbalance_runtime::connect_nats(&config.nats.connection(), "proxbalance-collector")
         .await
-        .map_err(|e| RunError::Connect {
-            url,
-            detail: e.to_string(),
+        .map_err(|e| match e {
+            proxbalance_runtime::RuntimeError::Connect { url, detail } => {
+                RunError::Connect { url, detail }
+            }
+            other => RunError::Connect {
+                url: config.nats.url.clone(),
+                detail: other.to_string(),
+            },
         })
 }
 

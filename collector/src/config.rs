@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Format, Toml};
 use serde::Deserialize;
 
 use crate::cycle::CycleSettings;
@@ -100,6 +100,15 @@ impl Default for NatsConfig {
 }
 
 impl NatsConfig {
+    /// The connection part of these settings, for [`proxbalance_runtime::connect_nats`].
+    pub fn connection(&self) -> proxbalance_runtime::NatsSettings {
+        proxbalance_runtime::NatsSettings {
+            url: self.url.clone(),
+            connect_timeout_ms: self.connect_timeout_ms,
+            credentials_file: self.credentials_file.clone(),
+        }
+    }
+
     /// The stream limits of this configuration.
     pub fn stream_limits(&self) -> StreamLimits {
         StreamLimits {
@@ -281,12 +290,14 @@ impl ClusterConfig {
 impl Config {
     /// Loads the TOML file (if given) with environment overrides, then validates.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut fig = Figment::new();
-        if let Some(p) = path {
-            fig = fig.merge(Toml::file_exact(p));
-        }
-        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__"));
-        let cfg: Config = fig.extract().map_err(Box::new)?;
+        let cfg: Config =
+            proxbalance_runtime::load_config(path, ENV_PREFIX).map_err(|e| match e {
+                proxbalance_runtime::RuntimeError::Config(e) => ConfigError::Parse(e),
+                other => ConfigError::Invalid {
+                    field: "configuration".into(),
+                    detail: other.to_string(),
+                },
+            })?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -112,10 +112,14 @@ impl ClusterCollector {
     /// Runs one cycle. Never fails: when the cluster-wide requests fail, every node known from
     /// earlier cycles is published with status `UNKNOWN` and the error.
     pub async fn collect(&mut self) -> CycleOutput {
-        self.cycle += 1;
         let started = Instant::now();
         let requests_before = self.client.requests_sent();
         let now_ms = now_unix_ms();
+        // The cycle id is the cycle's start in unix ms (kept increasing if the clock steps
+        // back): unlike a counter it does not start over when the collector restarts, so a
+        // restarted collector's `Nats-Msg-Id`s never collide with the previous run's within
+        // JetStream's de-duplication window.
+        self.cycle = (self.cycle + 1).max(u64::try_from(now_ms).unwrap_or(0));
         let mut errors: Vec<CollectionError> = Vec::new();
         let client = self.client.clone();
         let c = &client;

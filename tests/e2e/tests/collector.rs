@@ -104,13 +104,13 @@ async fn every_node_every_cycle_with_committed_memory_iowait_and_disk_io() {
     sim.advance(10.0);
     let out = c.collect().await;
     assert!(out.status.errors.is_empty(), "{:?}", out.status.errors);
-    assert_eq!(out.status.cycle, 2);
+    assert!(out.status.cycle > first.status.cycle);
     assert!(out.status.quorate);
     let names: Vec<String> = out.snapshots.iter().map(|s| s.node.clone()).collect();
     assert_eq!(names, sim.node_names());
     for s in &out.snapshots {
         assert_eq!(s.status, NodeStatus::Online as i32, "{}", s.node);
-        assert_eq!(s.cycle, 2);
+        assert_eq!(s.cycle, out.status.cycle);
         assert_eq!(s.schema_version, proxbalance_proto::SCHEMA_VERSION);
         let committed = sim.committed_mem_bytes(&s.node).unwrap();
         let total = sim.node_mem_total(&s.node).unwrap();
@@ -407,7 +407,7 @@ async fn cycles_are_published_to_jetstream_with_headers_and_deduplicated() {
     let headers = msg.headers;
     assert_eq!(
         headers.get("Nats-Msg-Id").map(|v| v.as_str()),
-        Some("sim:pve2:1")
+        Some(format!("sim:pve2:{}", out.status.cycle).as_str())
     );
     let tp = headers
         .get("traceparent")
@@ -466,9 +466,7 @@ async fn run_polls_two_clusters_and_a_failing_one_does_not_hold_up_the_other() {
             .unwrap()
             .unwrap();
         let s = proxbalance_proto::codec::decode_snapshot(&m.payload).unwrap();
-        if s.cycle <= 2 {
-            seen.insert((s.cycle, s.node.clone()));
-        }
+        seen.insert((s.cycle, s.node.clone()));
     }
     // The bad cluster reports its auth error in its cluster status.
     let m = tokio::time::timeout(Duration::from_secs(20), status_sub.next())
