@@ -19,6 +19,7 @@ pub mod synthetic;
 mod tags;
 mod trend;
 mod view;
+pub mod window;
 
 pub use config::{
     CapacityBasis, ConfigError, MigrationSettings, Overrides, PenaltyConfig, Preset,
@@ -29,9 +30,9 @@ pub use options::{
     GuestGate, MigrationOptions, SourceOption, TargetOption, UnknownGuest, migration_options,
 };
 pub use plan::{
-    Conflict, CostBenefit, ExecutionPlan, ExecutionStep, NodeScore, ReasonKind, Recommendation,
-    RecommendationReason, RecommendationSet, Risk, SkipReason, SkippedGuest, Summary, Urgency,
-    plan,
+    Conflict, CostBenefit, ExecutionPlan, ExecutionStep, MoveDetails, NodeScore, ReasonKind,
+    Recommendation, RecommendationReason, RecommendationSet, Risk, SkipReason, SkippedGuest,
+    Summary, Urgency, plan,
 };
 pub use score::{Components, PENALTY_KEYS, PenaltyBreakdown, ScoreDetails, ScoreMetrics};
 pub use tags::GuestTags;
@@ -40,3 +41,4 @@ pub use view::{
     Cluster, ClusterView, CurrentMetrics, DayAverages, Guest, GuestKind, GuestView, HistorySample,
     Node, NodeStatus, NodeView, Storage, VIEW_FORMAT, WeekStats,
 };
+pub use window::{NodeWindow, Sample, WindowStats};

@@ -287,3 +287,86 @@ fn limit_truncates_after_sorting() {
     );
     assert_eq!(top.execution_plan.total_steps, 3);
 }
+
+mod windows {
+    use proptest::prelude::*;
+    use proxbalance_engine::window::{NodeWindow, Sample};
+
+    const T0: i64 = 1_764_230_400_000;
+
+    fn sample() -> impl Strategy<Value = Sample> {
+        (
+            0i64..(10 * 24 * 3600 * 1000),
+            0f64..100.0,
+            0f64..100.0,
+            0f64..100.0,
+            0f64..64.0,
+        )
+            .prop_map(|(dt, cpu, mem, iowait, load)| Sample {
+                t_ms: T0 + dt,
+                cpu,
+                mem,
+                iowait,
+                load,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Memory stays bounded whatever is fed, and statistics stay within the samples' range.
+        #[test]
+        fn bounded_and_within_range(samples in proptest::collection::vec(sample(), 0..2000),
+                                    seed in proptest::collection::vec(sample(), 0..300)) {
+            let mut w = NodeWindow::new();
+            w.seed(&seed, &seed);
+            for s in &samples {
+                w.record(*s);
+            }
+            prop_assert!(w.memory_bytes() <= 64 * 1024);
+            prop_assert!(w.raw().count() <= proxbalance_engine::window::RAW_CAPACITY);
+            let now = samples.iter().chain(&seed).map(|s| s.t_ms).max().unwrap_or(T0);
+            for stats in [w.day_stats(now), w.week_stats(now)].into_iter().flatten() {
+                for v in [stats.avg_cpu, stats.max_cpu, stats.avg_mem, stats.max_mem, stats.avg_iowait] {
+                    prop_assert!((0.0..=100.0001).contains(&v), "{v}");
+                }
+                prop_assert!(stats.avg_cpu <= stats.max_cpu + 1e-3);
+            }
+            let hourly = w.hourly(now);
+            prop_assert!(hourly.len() <= 168);
+            prop_assert!(hourly.windows(2).all(|p| p[0].t < p[1].t));
+        }
+
+        /// History and live samples give the same windows in either order.
+        #[test]
+        fn seeding_order_does_not_matter(samples in proptest::collection::vec(sample(), 0..200),
+                                         day in proptest::collection::vec(sample(), 0..200),
+                                         week in proptest::collection::vec(sample(), 0..100)) {
+            let mut a = NodeWindow::new();
+            a.seed(&day, &week);
+            for s in &samples { a.record(*s); }
+            let mut b = NodeWindow::new();
+            for s in &samples { b.record(*s); }
+            b.seed(&day, &week);
+            let now = T0 + 10 * 24 * 3600 * 1000;
+            prop_assert_eq!(a.day_stats(now), b.day_stats(now));
+            prop_assert_eq!(a.week_stats(now), b.week_stats(now));
+            prop_assert_eq!(a.hourly(now), b.hourly(now));
+        }
+
+        /// A constant series averages to itself.
+        #[test]
+        fn constant_series(v in 0f64..100.0, n in 1usize..500) {
+            let mut w = NodeWindow::new();
+            for i in 0..n {
+                w.record(Sample { t_ms: T0 + i as i64 * 10_000, cpu: v, mem: v, iowait: v, load: v });
+            }
+            let now = T0 + n as i64 * 10_000;
+            let d = w.day_stats(now).unwrap();
+            prop_assert!((d.avg_cpu - v).abs() < 1e-3 * v.max(1.0));
+            prop_assert!((d.max_mem - v).abs() < 1e-4 * v.max(1.0));
+            let h = w.hourly(now);
+            prop_assert!(h.iter().all(|x| (x.iowait - v).abs() < 1e-3 * v.max(1.0)));
+        }
+    }
+}
