@@ -1,4 +1,19 @@
 //! The proxbalance recommender: the service that turns snapshots into recommendations, and the
 //! `proxbalance` command line.
+//!
+//! - [`config`]: the TOML/env configuration of the service.
+//! - [`state`]: the in-memory state (windows, views, cached sets), free of I/O.
+//! - [`overload`]: overload detection with hysteresis.
+//! - [`convert`]: lossless conversion of the engine's output to and from protobuf.
+//! - [`service`]: NATS ingest, event publishing and the gRPC server; [`run`] is the entry point.
+//! - [`cli`]: the `proxbalance` command line (offline and against a running service).
 
 pub mod cli;
+pub mod config;
+pub mod convert;
+pub mod overload;
+pub mod service;
+pub mod state;
+
+pub use config::Config;
+pub use service::{RunningService, ServiceError, run, start};

@@ -1,9 +1,11 @@
 //! The `proxbalance` command line.
 //!
 //! Exit status: 0 on success, 2 when the input is refused (bad flags, an unreadable or invalid
-//! cluster view, an unknown key); the message goes to stderr and nothing to stdout.
+//! cluster view, an unknown key, an unknown cluster or guest); 1 when the recommender cannot be
+//! reached or fails. The message goes to stderr and nothing to stdout.
 
 mod offline;
+mod online;
 mod table;
 
 use std::io::Write;
@@ -11,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub use offline::{load_cluster, overrides_from};
+pub use offline::{load_cluster, overrides_from, render_options, render_plan};
 
 /// Scored migration recommendations for Proxmox VE clusters.
 #[derive(Debug, Parser)]
@@ -25,8 +27,17 @@ pub struct Cli {
 pub enum Command {
     /// Plan migrations for a JSON cluster view (`proxbalance.cluster-view.v1`).
     Plan(PlanArgs),
-    /// Score one guest on every node of a JSON cluster view.
+    /// Score one guest on every node of a JSON cluster view (`--input`) or of a cluster a
+    /// recommender tracks (`--server`, `--cluster`).
     Options(OptionsArgs),
+    /// The recommendations of a cluster, from a running recommender.
+    Recommendations(RecommendationsArgs),
+    /// The nodes of a cluster as a running recommender sees them.
+    State(StateArgs),
+    /// Print the recommendation set of each cluster, then every change, as they happen.
+    Watch(WatchArgs),
+    /// Print overload events as they happen.
+    Events(EventsArgs),
     /// Show the penalty configuration.
     Config {
         #[command(subcommand)]
@@ -85,11 +96,83 @@ pub struct PlanArgs {
     pub limit: Option<usize>,
 }
 
+/// Where the recommender listens.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// gRPC address of the recommender (`http://host:port`; `http://` is assumed).
+    #[arg(long, value_name = "URL", env = "PROXBALANCE_SERVER")]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RecommendationsArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// The cluster.
+    #[arg(long)]
+    pub cluster: String,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+    /// Return at most this many recommendations.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// The cluster.
+    #[arg(long)]
+    pub cluster: String,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Only this cluster (default: every cluster).
+    #[arg(long)]
+    pub cluster: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Stop after this many messages.
+    #[arg(long)]
+    pub count: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Only this cluster (default: every cluster).
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Only this node.
+    #[arg(long)]
+    pub node: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<usize>,
+}
+
 #[derive(Debug, Args)]
 pub struct OptionsArgs {
     /// The cluster view file, or `-` for stdin.
-    #[arg(long, value_name = "FILE|-")]
-    pub input: String,
+    #[arg(long, value_name = "FILE|-", required_unless_present = "server", conflicts_with_all = ["server", "cluster"])]
+    pub input: Option<String>,
+    /// gRPC address of a recommender to ask instead of reading a view.
+    #[arg(long, value_name = "URL", requires = "cluster")]
+    pub server: Option<String>,
+    /// The cluster (with `--server`).
+    #[arg(long, requires = "server")]
+    pub cluster: Option<String>,
     /// The guest to score.
     #[arg(long)]
     pub vmid: u32,
@@ -106,6 +189,8 @@ pub enum CliError {
     Input(String),
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Parses the process arguments, runs the command and maps the outcome to an exit status.
@@ -117,7 +202,20 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    match run(cli) {
+    if let Command::Watch(_) | Command::Events(_) = &cli.command {
+        let mut stdout = std::io::stdout().lock();
+        let r = match &cli.command {
+            Command::Watch(args) => online::watch(args, &mut stdout),
+            Command::Events(args) => online::events(args, &mut stdout),
+            _ => Ok(()),
+        };
+        return exit_code(r.map(|()| String::new()));
+    }
+    exit_code(run(cli))
+}
+
+fn exit_code(result: Result<String, CliError>) -> ExitCode {
+    match result {
         Ok(out) => {
             let mut stdout = std::io::stdout().lock();
             match stdout
@@ -147,7 +245,33 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> Result<String, CliError> {
     match cli.command {
         Command::Plan(args) => offline::plan(&args),
-        Command::Options(args) => offline::options(&args),
+        Command::Options(args) => match (&args.input, &args.server, &args.cluster) {
+            (Some(_), _, _) => offline::options(&args),
+            (None, Some(server), Some(cluster)) => online::options(
+                &ServerArgs {
+                    server: server.clone(),
+                },
+                cluster,
+                args.vmid,
+                &args.tuning,
+                args.format,
+            ),
+            _ => Err(CliError::Input(
+                "options: expected --input FILE, or --server URL with --cluster NAME".into(),
+            )),
+        },
         Command::Config { what } => offline::config(&what),
+        Command::Recommendations(args) => online::recommendations(&args),
+        Command::State(args) => online::state(&args),
+        Command::Watch(args) => {
+            let mut buf = Vec::new();
+            online::watch(&args, &mut buf)?;
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        }
+        Command::Events(args) => {
+            let mut buf = Vec::new();
+            online::events(&args, &mut buf)?;
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        }
     }
 }

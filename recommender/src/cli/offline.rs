@@ -70,7 +70,7 @@ fn tuned_cluster(
     Ok((cluster, overrides))
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, CliError> {
+pub(super) fn to_json<T: serde::Serialize>(value: &T) -> Result<String, CliError> {
     let mut s = serde_json::to_string_pretty(value)
         .map_err(|e| CliError::Output(std::io::Error::other(e)))?;
     s.push('\n');
@@ -87,7 +87,11 @@ pub(super) fn plan(args: &PlanArgs) -> Result<String, CliError> {
 }
 
 pub(super) fn options(args: &OptionsArgs) -> Result<String, CliError> {
-    let (cluster, _) = tuned_cluster(&args.input, &args.tuning, None)?;
+    let input = args
+        .input
+        .as_deref()
+        .ok_or_else(|| CliError::Input("options: expected --input FILE".into()))?;
+    let (cluster, _) = tuned_cluster(input, &args.tuning, None)?;
     let options =
         migration_options(&cluster, args.vmid).map_err(|e| CliError::Input(e.to_string()))?;
     match args.format {

@@ -4,6 +4,10 @@
 //! with `-p -1 --ports_file_dir`, waits for the ports file the server writes once it listens,
 //! and kills the process on drop. [`NatsServer::restart`] brings it back on the same port with
 //! the same store directory.
+//!
+//! [`NatsServer::start_with_config`] runs the server from a configuration file instead (accounts,
+//! permissions, JetStream limits), on a given or random port, with extra environment variables
+//! for the file's `$VARIABLE` references; its output is kept for [`NatsServer::log`].
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,6 +43,28 @@ pub enum HarnessError {
     /// Temporary directory trouble.
     #[error("temporary directory: {0}")]
     TempDir(#[from] std::io::Error),
+    /// The server refused its configuration file (or exited for another reason) during start-up.
+    #[error("nats-server -c {config} exited during start-up with {status}: {log}")]
+    ConfigRejected {
+        /// The configuration file.
+        config: String,
+        /// Exit status.
+        status: String,
+        /// What the server printed.
+        log: String,
+    },
+}
+
+/// How the server is launched (kept for [`NatsServer::restart`]).
+#[derive(Debug, Clone)]
+enum Launch {
+    /// `-js -sd <tempdir>/store`.
+    Default,
+    /// `-c FILE`, with extra environment variables.
+    Config {
+        file: PathBuf,
+        env: Vec<(String, String)>,
+    },
 }
 
 /// A running `nats-server -js` owned by a test.
@@ -47,6 +73,7 @@ pub struct NatsServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     port: u16,
+    launch: Launch,
 }
 
 fn binary() -> String {
@@ -59,12 +86,46 @@ impl NatsServer {
     /// Starts a server on a random loopback port with a fresh JetStream store.
     pub fn start() -> Result<Self, HarnessError> {
         let dir = tempfile::tempdir()?;
-        let (child, port) = spawn(dir.path(), None)?;
+        let launch = Launch::Default;
+        let (child, port) = spawn(dir.path(), None, &launch)?;
         Ok(Self {
             child: Some(child),
             dir,
             port,
+            launch,
         })
+    }
+
+    /// Starts `nats-server -c CONFIG` listening on 127.0.0.1 at `port` (`None`: a random free
+    /// port); the file's own `port`/`listen` are overridden, everything else (JetStream store
+    /// and limits, accounts, monitoring) comes from the file. `env` is added to the server's
+    /// environment, for the file's `$VARIABLE` references. The server's output is written to
+    /// `nats-server.log` in the harness's temporary directory (see [`NatsServer::log`]).
+    pub fn start_with_config(
+        config: &Path,
+        port: Option<u16>,
+        env: &[(&str, &str)],
+    ) -> Result<Self, HarnessError> {
+        let dir = tempfile::tempdir()?;
+        let launch = Launch::Config {
+            file: config.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        let (child, port) = spawn(dir.path(), port, &launch)?;
+        Ok(Self {
+            child: Some(child),
+            dir,
+            port,
+            launch,
+        })
+    }
+
+    /// What the server has printed so far (empty for servers from [`NatsServer::start`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(LOG_FILE)).unwrap_or_default()
     }
 
     /// The client URL (`nats://127.0.0.1:PORT`).
@@ -88,7 +149,7 @@ impl NatsServer {
     /// Stops the server if running, then starts it again on the same port and store.
     pub fn restart(&mut self) -> Result<(), HarnessError> {
         self.stop();
-        let (child, port) = spawn(self.dir.path(), Some(self.port))?;
+        let (child, port) = spawn(self.dir.path(), Some(self.port), &self.launch)?;
         self.child = Some(child);
         self.port = port;
         Ok(())
@@ -101,7 +162,9 @@ impl Drop for NatsServer {
     }
 }
 
-fn spawn(dir: &Path, port: Option<u16>) -> Result<(Child, u16), HarnessError> {
+const LOG_FILE: &str = "nats-server.log";
+
+fn spawn(dir: &Path, port: Option<u16>, launch: &Launch) -> Result<(Child, u16), HarnessError> {
     let bin = binary();
     let ports_dir = dir.join("ports");
     std::fs::create_dir_all(&ports_dir)?;
@@ -109,13 +172,27 @@ fn spawn(dir: &Path, port: Option<u16>) -> Result<(Child, u16), HarnessError> {
         let _ = std::fs::remove_file(entry.path());
     }
     let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
-    let mut child = Command::new(&bin)
-        .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
-        .arg(dir.join("store"))
+    let mut cmd = Command::new(&bin);
+    cmd.args(["-a", "127.0.0.1", "-p", &port_arg]);
+    match launch {
+        Launch::Default => {
+            cmd.args(["-js", "-sd"]).arg(dir.join("store"));
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        Launch::Config { file, env } => {
+            cmd.arg("-c").arg(file);
+            cmd.envs(env.iter().map(|(k, v)| (k, v)));
+            // The server logs to stderr; keep it (appending across restarts) for diagnostics.
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(LOG_FILE))?;
+            cmd.stdout(Stdio::null()).stderr(log);
+        }
+    }
+    let mut child = cmd
         .arg("--ports_file_dir")
         .arg(&ports_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .map_err(|source| HarnessError::Spawn {
             bin: bin.clone(),
@@ -129,8 +206,15 @@ fn spawn(dir: &Path, port: Option<u16>) -> Result<(Child, u16), HarnessError> {
             return Ok((child, port));
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(HarnessError::Exited {
-                status: status.to_string(),
+            return Err(match launch {
+                Launch::Default => HarnessError::Exited {
+                    status: status.to_string(),
+                },
+                Launch::Config { file, .. } => HarnessError::ConfigRejected {
+                    config: file.display().to_string(),
+                    status: status.to_string(),
+                    log: std::fs::read_to_string(dir.join(LOG_FILE)).unwrap_or_default(),
+                },
             });
         }
         if started.elapsed() > START_TIMEOUT {
@@ -169,5 +253,35 @@ mod tests {
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
         s.stop();
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    }
+
+    #[test]
+    fn starts_from_a_config_file_with_environment_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("n.conf");
+        std::fs::write(
+            &conf,
+            "port: 4222\nauthorization { user: a, password: $HARNESS_TEST_PASSWORD }\n",
+        )
+        .unwrap();
+        let mut s =
+            NatsServer::start_with_config(&conf, None, &[("HARNESS_TEST_PASSWORD", "pw")]).unwrap();
+        let port = s.port();
+        assert_ne!(port, 4222);
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        assert!(s.log().contains("Server is ready"), "{}", s.log());
+        s.restart().unwrap();
+        assert_eq!(s.port(), port);
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+
+        // The variable is required: without it the server refuses the file.
+        let err = NatsServer::start_with_config(&conf, None, &[]).unwrap_err();
+        match err {
+            HarnessError::ConfigRejected { log, .. } => assert!(
+                log.contains("variable reference for 'HARNESS_TEST_PASSWORD'"),
+                "{log}"
+            ),
+            other => panic!("expected ConfigRejected, got {other}"),
+        }
     }
 }

@@ -1,0 +1,374 @@
+//! Subcommands that talk to a running recommender over gRPC: `recommendations`, `state`,
+//! `options --server`, `watch` and `events`.
+//!
+//! `recommendations --format json` prints exactly what `plan --format json` prints for the same
+//! cluster view: the protobuf set is converted back to the engine's types losslessly and
+//! rendered by the same functions.
+
+use std::io::Write;
+
+use proxbalance_proto::v1 as pb;
+use proxbalance_proto::v1::recommender_client::RecommenderClient;
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use super::offline::{render_options, render_plan, to_json};
+use super::table::Table;
+use super::{CliError, EventsArgs, Format, RecommendationsArgs, ServerArgs, StateArgs, WatchArgs};
+use crate::convert;
+
+const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Output)
+}
+
+/// `http://` is assumed when the URL has no scheme.
+fn endpoint(server: &str) -> String {
+    if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("http://{server}")
+    }
+}
+
+async fn connect(server: &ServerArgs) -> Result<RecommenderClient<Channel>, CliError> {
+    let url = endpoint(&server.server);
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|e| CliError::Input(format!("--server {url:?}: {e}")))?
+        .connect()
+        .await
+        .map_err(|e| {
+            CliError::Unavailable(format!("cannot reach the recommender at {url}: {e}"))
+        })?;
+    Ok(RecommenderClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE))
+}
+
+/// NOT_FOUND and INVALID_ARGUMENT are the caller's input (exit 2); the rest is the service's.
+fn status_error(s: tonic::Status) -> CliError {
+    match s.code() {
+        Code::NotFound | Code::InvalidArgument => CliError::Input(s.message().to_owned()),
+        code => CliError::Unavailable(format!("recommender: {code:?}: {}", s.message())),
+    }
+}
+
+fn converted<T>(r: Result<T, convert::ConvertError>) -> Result<T, CliError> {
+    r.map_err(|e| CliError::Unavailable(format!("the recommender sent an unreadable answer: {e}")))
+}
+
+/// `proxbalance recommendations`.
+pub(super) fn recommendations(args: &RecommendationsArgs) -> Result<String, CliError> {
+    let overrides = super::overrides_from(&args.tuning, args.limit)?;
+    runtime()?.block_on(async {
+        let mut client = connect(&args.server).await?;
+        let request = pb::GetRecommendationsRequest {
+            cluster: args.cluster.clone(),
+            overrides: Some(convert::overrides_to_proto(&overrides)),
+            limit: overrides
+                .limit
+                .map_or(0, |l| u32::try_from(l).unwrap_or(u32::MAX)),
+        };
+        let resp = client
+            .get_recommendations(request)
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let set = resp
+            .set
+            .ok_or_else(|| CliError::Unavailable("the recommender sent no set".into()))?;
+        let set = converted(convert::set_from_proto(&set))?;
+        match args.format {
+            Format::Json => to_json(&set),
+            Format::Table => Ok(render_plan(&set)),
+        }
+    })
+}
+
+/// `proxbalance options --server`.
+pub(super) fn options(
+    server: &ServerArgs,
+    cluster: &str,
+    vmid: u32,
+    tuning: &super::TuningArgs,
+    format: Format,
+) -> Result<String, CliError> {
+    let overrides = super::overrides_from(tuning, None)?;
+    runtime()?.block_on(async {
+        let mut client = connect(server).await?;
+        let resp = client
+            .get_migration_options(pb::GetMigrationOptionsRequest {
+                cluster: cluster.to_owned(),
+                vmid,
+                overrides: Some(convert::overrides_to_proto(&overrides)),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let o = resp
+            .options
+            .ok_or_else(|| CliError::Unavailable("the recommender sent no options".into()))?;
+        let o = converted(convert::options_from_proto(&o))?;
+        match format {
+            Format::Json => to_json(&o),
+            Format::Table => Ok(render_options(&o)),
+        }
+    })
+}
+
+fn pct(part: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        part as f64 / total as f64 * 100.0
+    }
+}
+
+fn status_word(s: i32) -> &'static str {
+    match pb::NodeStatus::try_from(s) {
+        Ok(pb::NodeStatus::Online) => "online",
+        Ok(pb::NodeStatus::Offline) => "offline",
+        Ok(pb::NodeStatus::Unreachable) => "unreachable",
+        _ => "unknown",
+    }
+}
+
+fn reason_word(r: i32) -> &'static str {
+    match pb::OverloadReason::try_from(r) {
+        Ok(pb::OverloadReason::Cpu) => "cpu",
+        Ok(pb::OverloadReason::Memory) => "memory",
+        Ok(pb::OverloadReason::Iowait) => "iowait",
+        Ok(pb::OverloadReason::MemOvercommit) => "mem_overcommit",
+        _ => "unspecified",
+    }
+}
+
+fn state_word(s: i32) -> &'static str {
+    match pb::OverloadState::try_from(s) {
+        Ok(pb::OverloadState::Raised) => "raised",
+        Ok(pb::OverloadState::Cleared) => "cleared",
+        _ => "unspecified",
+    }
+}
+
+/// `proxbalance state`.
+pub(super) fn state(args: &StateArgs) -> Result<String, CliError> {
+    runtime()?.block_on(async {
+        let mut client = connect(&args.server).await?;
+        let resp = client
+            .get_cluster_state(pb::GetClusterStateRequest {
+                cluster: args.cluster.clone(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let rows: Vec<Value> = resp
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let s = n.latest.as_ref()?;
+                let st = n.stats.unwrap_or_default();
+                Some(json!({
+                    "node": s.node,
+                    "status": status_word(s.status),
+                    "stale": n.stale,
+                    "maintenance": s.maintenance,
+                    "cycle": s.cycle,
+                    "observed_at_unix_ms": s.observed_at_unix_ms,
+                    "cpu": s.cpu_fraction * 100.0,
+                    "mem": pct(s.mem_used_bytes, s.mem_total_bytes),
+                    "iowait": s.iowait_fraction.map(|v| v * 100.0),
+                    "committed_mem_bytes": s.committed_mem_bytes,
+                    "overcommit_ratio": s.overcommit_ratio,
+                    "guests": s.guests.len(),
+                    "avg_cpu_24h": st.avg_cpu_24h,
+                    "max_cpu_24h": st.max_cpu_24h,
+                    "avg_mem_24h": st.avg_mem_24h,
+                    "avg_iowait_24h": st.avg_iowait_24h,
+                    "avg_cpu_7d": st.avg_cpu_7d,
+                    "max_cpu_7d": st.max_cpu_7d,
+                    "hourly_samples": n.hourly_samples,
+                    "raw_samples": n.raw_samples,
+                    "overloaded": n.overloaded.iter().map(|r| reason_word(*r)).collect::<Vec<_>>(),
+                }))
+            })
+            .collect();
+        match args.format {
+            Format::Json => to_json(&json!({"cluster": resp.cluster, "nodes": rows})),
+            Format::Table => {
+                let mut t = Table::new([
+                    "NODE",
+                    "STATUS",
+                    "CPU%",
+                    "MEM%",
+                    "IOWAIT%",
+                    "OVERCOMMIT",
+                    "GUESTS",
+                    "CPU 24H",
+                    "IOWAIT 24H",
+                    "CPU 7D",
+                    "OVERLOADED",
+                ]);
+                for r in &rows {
+                    let f = |k: &str| r[k].as_f64().map_or("-".to_owned(), |v| format!("{v:.1}"));
+                    let mut status = r["status"].as_str().unwrap_or("").to_owned();
+                    if r["stale"].as_bool() == Some(true) {
+                        status.push_str(" (stale)");
+                    }
+                    if r["maintenance"].as_bool() == Some(true) {
+                        status.push_str(" (maintenance)");
+                    }
+                    let overloaded: Vec<&str> = r["overloaded"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    t.row(vec![
+                        r["node"].as_str().unwrap_or("").to_owned(),
+                        status,
+                        f("cpu"),
+                        f("mem"),
+                        f("iowait"),
+                        r["overcommit_ratio"]
+                            .as_f64()
+                            .map_or("-".into(), |v| format!("{v:.2}")),
+                        r["guests"].to_string(),
+                        f("avg_cpu_24h"),
+                        f("avg_iowait_24h"),
+                        f("avg_cpu_7d"),
+                        overloaded.join(", "),
+                    ]);
+                }
+                Ok(format!("Cluster {}:\n{}", resp.cluster, t.render()))
+            }
+        }
+    })
+}
+
+fn write_line(out: &mut dyn Write, line: &str) -> Result<(), CliError> {
+    out.write_all(line.as_bytes())?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `proxbalance watch`: prints the current set of each cluster, then every change.
+pub(super) fn watch(args: &WatchArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    runtime()?.block_on(async {
+        let mut client = connect(&args.server).await?;
+        let mut stream = client
+            .watch_recommendations(pb::WatchRecommendationsRequest {
+                cluster: args.cluster.clone().unwrap_or_default(),
+                every_recompute: false,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let mut seen = 0usize;
+        while args.count.is_none_or(|n| seen < n) {
+            let Some(change) = stream.message().await.map_err(status_error)? else {
+                break;
+            };
+            seen += 1;
+            let set = match &change.recommendations {
+                Some(s) => Some(converted(convert::set_from_proto(s))?),
+                None => None,
+            };
+            match args.format {
+                Format::Json => {
+                    let v = json!({
+                        "cluster": change.cluster,
+                        "generation": change.generation,
+                        "at_unix_ms": change.at_unix_ms,
+                        "added": change.added_vmids,
+                        "removed": change.removed_vmids,
+                        "changed": change.changed_vmids,
+                        "set": set,
+                    });
+                    write_line(out, &v.to_string())?;
+                }
+                Format::Table => {
+                    let total = set.as_ref().map_or(0, |s| s.recommendations.len());
+                    write_line(
+                        out,
+                        &format!(
+                            "{} generation {}: {} recommendation(s); added {:?}, removed {:?}, changed {:?}",
+                            change.cluster,
+                            change.generation,
+                            total,
+                            change.added_vmids,
+                            change.removed_vmids,
+                            change.changed_vmids
+                        ),
+                    )?;
+                    if let Some(set) = &set {
+                        out.write_all(render_plan(set).as_bytes())?;
+                        out.flush()?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `proxbalance events`: prints overload events as they happen.
+pub(super) fn events(args: &EventsArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    runtime()?.block_on(async {
+        let mut client = connect(&args.server).await?;
+        let mut stream = client
+            .watch_events(pb::WatchEventsRequest {
+                cluster: args.cluster.clone().unwrap_or_default(),
+                node: args.node.clone().unwrap_or_default(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let mut seen = 0usize;
+        while args.count.is_none_or(|n| seen < n) {
+            let Some(e) = stream.message().await.map_err(status_error)? else {
+                break;
+            };
+            seen += 1;
+            match args.format {
+                Format::Json => {
+                    let v = json!({
+                        "cluster": e.cluster,
+                        "node": e.node,
+                        "reason": reason_word(e.reason),
+                        "state": state_word(e.state),
+                        "value": e.value,
+                        "avg_24h": e.avg_24h,
+                        "threshold": e.threshold,
+                        "since_unix_ms": e.since_unix_ms,
+                        "at_unix_ms": e.at_unix_ms,
+                        "event_id": e.event_id,
+                    });
+                    write_line(out, &v.to_string())?;
+                }
+                Format::Table => write_line(
+                    out,
+                    &format!(
+                        "{} {}/{}: {} {} (value {:.2}, threshold {:.2}{})",
+                        e.at_unix_ms,
+                        e.cluster,
+                        e.node,
+                        reason_word(e.reason),
+                        state_word(e.state),
+                        e.value,
+                        e.threshold,
+                        e.avg_24h
+                            .map_or(String::new(), |a| format!(", 24 h average {a:.2}"))
+                    ),
+                )?,
+            }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,385 @@
+//! The service configuration: a TOML file, every key overridable by environment variables with
+//! the prefix `PROXBALANCE_RECOMMENDER__` and `__` between levels
+//! (e.g. `PROXBALANCE_RECOMMENDER__NATS__URL`). Unknown keys are refused with the key named.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proxbalance_engine::{Overrides, PenaltyConfig, Preset, Thresholds};
+use proxbalance_proto::subjects::Subjects;
+use serde::Deserialize;
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "PROXBALANCE_RECOMMENDER__";
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read into the configuration (names the key).
+    #[error(transparent)]
+    Load(#[from] proxbalance_runtime::RuntimeError),
+    /// A value is out of range or inconsistent.
+    #[error("configuration, {field}: {detail}")]
+    Invalid {
+        /// The key at fault.
+        field: String,
+        /// What was expected.
+        detail: String,
+    },
+}
+
+fn invalid(field: &str, detail: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.to_owned(),
+        detail: detail.into(),
+    }
+}
+
+/// The whole recommender configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// NATS connection, subjects and the events stream.
+    #[serde(default)]
+    pub nats: NatsConfig,
+    /// The gRPC listener.
+    #[serde(default)]
+    pub grpc: GrpcConfig,
+    /// Prometheus exporter.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Rolling state: replay and staleness.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Overload detection and its hysteresis.
+    #[serde(default)]
+    pub overload: OverloadConfig,
+    /// The engine configuration every cluster is planned with.
+    #[serde(default)]
+    pub engine: EngineConfig,
+}
+
+/// NATS settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated.
+    pub url: String,
+    /// Time to wait for the initial connection, ms.
+    pub connect_timeout_ms: u64,
+    /// A NATS credentials file (JWT + nkey), if the server requires it.
+    pub credentials_file: Option<PathBuf>,
+    /// Subject prefix shared with the collector.
+    pub subject_prefix: String,
+    /// Time to wait for an event publish acknowledgement, ms.
+    pub publish_timeout_ms: u64,
+    /// `max_age` of the events stream when the recommender creates it, seconds.
+    pub events_max_age_s: u64,
+    /// Replicas of the events stream when the recommender creates it.
+    pub events_replicas: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        let conn = proxbalance_runtime::NatsSettings::default();
+        Self {
+            url: conn.url,
+            connect_timeout_ms: conn.connect_timeout_ms,
+            credentials_file: conn.credentials_file,
+            subject_prefix: proxbalance_proto::subjects::DEFAULT_PREFIX.into(),
+            publish_timeout_ms: 5000,
+            events_max_age_s: 86_400,
+            events_replicas: 1,
+        }
+    }
+}
+
+impl NatsConfig {
+    /// The connection part, for [`proxbalance_runtime::connect_nats`].
+    pub fn connection(&self) -> proxbalance_runtime::NatsSettings {
+        proxbalance_runtime::NatsSettings {
+            url: self.url.clone(),
+            connect_timeout_ms: self.connect_timeout_ms,
+            credentials_file: self.credentials_file.clone(),
+        }
+    }
+}
+
+/// gRPC settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// Listen address (`host:port`; port 0 picks a free port).
+    pub listen: String,
+    /// Longest wait for open calls to finish at shutdown, ms.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            shutdown_timeout_ms: 5000,
+        }
+    }
+}
+
+/// Prometheus exporter settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the `/metrics` HTTP listener (e.g. `127.0.0.1:9465`); none = no exporter.
+    pub listen: Option<String>,
+}
+
+/// Rolling state settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// At start the snapshot stream is replayed from now minus this, seconds (the snapshot
+    /// stream's `max_age` should be at least this).
+    pub replay_window_s: u64,
+    /// A node whose last snapshot is older than this is stale: neither source nor target, s.
+    pub staleness_s: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            replay_window_s: 7200,
+            staleness_s: 120,
+        }
+    }
+}
+
+/// Overload detection settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverloadConfig {
+    /// A raised CPU, memory or IOWait overload clears only below its threshold minus this,
+    /// percentage points.
+    pub clear_margin: f64,
+    /// The overcommit ratio above which `mem_overcommit` is raised.
+    pub overcommit_threshold: f64,
+    /// `mem_overcommit` clears only below the threshold minus this.
+    pub overcommit_clear_margin: f64,
+    /// Consecutive cycles over a threshold before `raised`.
+    pub raise_cycles: u32,
+    /// Consecutive cycles below the clear level before `cleared`.
+    pub clear_cycles: u32,
+}
+
+impl Default for OverloadConfig {
+    fn default() -> Self {
+        Self {
+            clear_margin: 5.0,
+            overcommit_threshold: 1.2,
+            overcommit_clear_margin: 0.05,
+            raise_cycles: 1,
+            clear_cycles: 3,
+        }
+    }
+}
+
+/// The engine configuration every cluster is planned with (gRPC requests may override it).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Preset to start from (`conservative`, `balanced`, `aggressive`); default balanced.
+    pub preset: Option<String>,
+    /// Thresholds in percent (`cpu`, `mem`, `iowait`); 60/70/30 when absent.
+    pub thresholds: std::collections::BTreeMap<String, f64>,
+    /// Penalty keys laid over the preset (any key of `proxbalance config defaults`).
+    pub penalties: serde_json::Map<String, serde_json::Value>,
+}
+
+impl EngineConfig {
+    /// The merged penalty configuration and thresholds; errors name the key.
+    pub fn resolve(&self) -> Result<(PenaltyConfig, Thresholds), ConfigError> {
+        let preset = match &self.preset {
+            Some(p) => {
+                Some(Preset::from_name(p).map_err(|e| invalid("engine.preset", e.to_string()))?)
+            }
+            None => None,
+        };
+        let overrides = Overrides {
+            preset,
+            penalties: self.penalties.clone(),
+            thresholds: self.thresholds.clone(),
+            ..Default::default()
+        };
+        overrides
+            .apply(&PenaltyConfig::default(), &Thresholds::default())
+            .map_err(|e| match e {
+                proxbalance_engine::ConfigError::UnknownKey { key }
+                    if key.starts_with("thresholds.") =>
+                {
+                    invalid(
+                        &format!("engine.{key}"),
+                        "unknown key (expected cpu, mem or iowait)",
+                    )
+                }
+                proxbalance_engine::ConfigError::UnknownKey { key } => {
+                    invalid(&format!("engine.penalties.{key}"), "unknown key")
+                }
+                proxbalance_engine::ConfigError::InvalidValue { key, expected }
+                    if key.starts_with("thresholds.") =>
+                {
+                    invalid(&format!("engine.{key}"), expected)
+                }
+                proxbalance_engine::ConfigError::InvalidValue { key, expected } => {
+                    invalid(&format!("engine.penalties.{key}"), expected)
+                }
+                other => invalid("engine", other.to_string()),
+            })
+    }
+}
+
+impl Config {
+    /// Loads the TOML file (if given) with environment overrides, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let cfg: Config = proxbalance_runtime::load_config(path, ENV_PREFIX)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses a TOML string (no environment), then validates.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = proxbalance_runtime::config_from_toml(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The subjects of the configured prefix.
+    pub fn subjects(&self) -> Result<Subjects, ConfigError> {
+        Subjects::new(&self.nats.subject_prefix)
+            .map_err(|e| invalid("nats.subject_prefix", e.to_string()))
+    }
+
+    /// The replay window.
+    pub fn replay_window(&self) -> Duration {
+        Duration::from_secs(self.state.replay_window_s)
+    }
+
+    /// Checks ranges and consistency; every error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.subjects()?;
+        if self.nats.publish_timeout_ms == 0 {
+            return Err(invalid("nats.publish_timeout_ms", "expected > 0"));
+        }
+        if self.grpc.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "grpc.listen",
+                format!("expected host:port, found {:?}", self.grpc.listen),
+            ));
+        }
+        if self.state.replay_window_s == 0 {
+            return Err(invalid("state.replay_window_s", "expected > 0"));
+        }
+        if self.state.staleness_s == 0 {
+            return Err(invalid("state.staleness_s", "expected > 0"));
+        }
+        let o = &self.overload;
+        if !(o.clear_margin.is_finite() && o.clear_margin >= 0.0) {
+            return Err(invalid("overload.clear_margin", "expected a number ≥ 0"));
+        }
+        if !(o.overcommit_threshold.is_finite() && o.overcommit_threshold > 0.0) {
+            return Err(invalid(
+                "overload.overcommit_threshold",
+                "expected a number > 0",
+            ));
+        }
+        if !(o.overcommit_clear_margin.is_finite() && o.overcommit_clear_margin >= 0.0) {
+            return Err(invalid(
+                "overload.overcommit_clear_margin",
+                "expected a number ≥ 0",
+            ));
+        }
+        if o.raise_cycles == 0 {
+            return Err(invalid("overload.raise_cycles", "expected ≥ 1"));
+        }
+        if o.clear_cycles == 0 {
+            return Err(invalid("overload.clear_cycles", "expected ≥ 1"));
+        }
+        self.engine.resolve()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_gets_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.nats.url, "nats://127.0.0.1:4222");
+        assert_eq!(c.state.replay_window_s, 7200);
+        assert_eq!(c.state.staleness_s, 120);
+        assert_eq!(c.overload.clear_cycles, 3);
+        assert_eq!(c.grpc.listen, "127.0.0.1:50051");
+        let (cfg, t) = c.engine.resolve().unwrap();
+        assert_eq!(cfg, PenaltyConfig::default());
+        assert_eq!(t, Thresholds::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_key() {
+        let err = Config::from_toml("[state]\nreplay_window = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("replay_window"), "{err}");
+        let err = Config::from_toml("[engine.penalties]\nbogus = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "configuration, engine.penalties.bogus: unknown key");
+        let err = Config::from_toml("[engine.thresholds]\ndisk = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "configuration, engine.thresholds.disk: unknown key (expected cpu, mem or iowait)"
+        );
+        let err = Config::from_toml("[engine.thresholds]\ncpu = 500\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "configuration, engine.thresholds.cpu: must be within 1–100, got 500"
+        );
+        let err = Config::from_toml("[overload]\nclear_cycles = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "configuration, overload.clear_cycles: expected ≥ 1");
+        let err = Config::from_toml("[grpc]\nlisten = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "configuration, grpc.listen: expected host:port, found \"x\""
+        );
+    }
+
+    #[test]
+    fn the_example_in_deploy_loads_and_equals_the_defaults() {
+        let text = include_str!("../../deploy/recommender.example.toml");
+        let c = Config::from_toml(text).unwrap();
+        let d = Config::default();
+        assert_eq!(c.nats.url, d.nats.url);
+        assert_eq!(c.grpc.listen, d.grpc.listen);
+        assert_eq!(c.state.replay_window_s, d.state.replay_window_s);
+        assert_eq!(c.overload.clear_cycles, d.overload.clear_cycles);
+        assert_eq!(c.engine.resolve().unwrap(), d.engine.resolve().unwrap());
+    }
+
+    #[test]
+    fn engine_section_is_applied() {
+        let c = Config::from_toml(
+            "[engine]\npreset = \"aggressive\"\n[engine.penalties]\nmin_score_improvement = 20\n[engine.thresholds]\ncpu = 70\n",
+        )
+        .unwrap();
+        let (cfg, t) = c.engine.resolve().unwrap();
+        assert_eq!(cfg.min_score_improvement, 20.0);
+        assert_eq!(t.cpu, 70.0);
+    }
+}

@@ -1,0 +1,307 @@
+//! The ingest loop: the latest history per node, then the snapshot stream replayed from
+//! `now − replay window` and followed, each through an ordered (ephemeral, per-replica)
+//! consumer so that every replica receives every message.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
+use async_nats::jetstream::{self, Message};
+use futures_util::StreamExt;
+use proxbalance_proto::subjects::Subjects;
+use tokio::sync::mpsc;
+
+use super::{Outgoing, Shared, metric, wall_ms};
+use crate::state::Ingested;
+
+/// How often replay progress is logged, in messages.
+const PROGRESS_EVERY: u64 = 10_000;
+
+/// Waits for `name` to exist (the collector creates it), retrying every second until shutdown.
+async fn wait_for_stream(
+    js: &jetstream::Context,
+    name: &str,
+    shared: &Shared,
+) -> Option<jetstream::stream::Stream> {
+    let mut warned = false;
+    loop {
+        match js.get_stream(name).await {
+            Ok(s) => return Some(s),
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(stream = name, error = %e, "stream not available yet; waiting for the collector to create it");
+                    warned = true;
+                }
+            }
+        }
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return None,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Creates an ordered consumer and its message stream; returns the number of messages pending
+/// at creation too.
+async fn ordered(
+    stream: &jetstream::stream::Stream,
+    filter: String,
+    deliver_policy: DeliverPolicy,
+) -> Result<(Ordered, u64), String> {
+    let mut consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: filter,
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let pending = consumer
+        .info()
+        .await
+        .map(|i| i.num_pending)
+        .map_err(|e| e.to_string())?;
+    let messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    Ok((messages, pending))
+}
+
+fn start_time(replay: Duration) -> time::OffsetDateTime {
+    let nanos = i128::from(wall_ms()) * 1_000_000 - replay.as_nanos() as i128;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Applies one message; returns the cluster and cycle it completed.
+fn apply(shared: &Shared, msg: &Message) -> Option<(String, u64)> {
+    let result = shared.write().ingest(msg.subject.as_str(), &msg.payload);
+    match result {
+        Ok(Ingested::Snapshot {
+            cluster,
+            observed_at_ms,
+            completed,
+        }) => {
+            metrics::counter!(metric::SNAPSHOTS_CONSUMED, "cluster" => cluster.clone())
+                .increment(1);
+            metrics::gauge!(metric::INGEST_LAG).set((wall_ms() - observed_at_ms) as f64 / 1000.0);
+            completed.map(|c| (cluster, c))
+        }
+        Ok(Ingested::Status { cluster, completed }) => completed.map(|c| (cluster, c)),
+        Ok(Ingested::History { cluster }) => {
+            tracing::debug!(cluster, subject = %msg.subject, "history applied");
+            None
+        }
+        Ok(Ingested::Ignored) => None,
+        Err(e) => {
+            metrics::counter!(metric::MESSAGES_REJECTED, "reason" => e.label()).increment(1);
+            tracing::warn!(subject = %msg.subject, reason = e.label(), error = %e, "message rejected");
+            None
+        }
+    }
+}
+
+/// A cluster's cycle completed: evaluate overload and, unless replaying, recompute and publish.
+fn on_cycle(
+    shared: &Shared,
+    cluster: &str,
+    cycle: u64,
+    replaying: bool,
+    dirty: &mut BTreeMap<String, u64>,
+    out: &mpsc::Sender<Outgoing>,
+) {
+    let events = shared.write().evaluate_overload(cluster, wall_ms());
+    if replaying {
+        // Hysteresis state is rebuilt; these transitions were published by whoever saw them live.
+        dirty.insert(cluster.to_owned(), cycle);
+        return;
+    }
+    for e in events {
+        tracing::info!(cluster, node = %e.node, reason = e.reason, state = e.state, value = e.value, "overload transition");
+        let _ = shared.events.send(e.clone());
+        if out.try_send(Outgoing::Overload(e)).is_err() {
+            metrics::counter!(metric::EVENTS_FAILED, "kind" => "overload").increment(1);
+            tracing::warn!(cluster, "event queue full; overload event dropped");
+        }
+    }
+    if let Some(notice) = shared.recompute(cluster, cycle).filter(|n| n.changed) {
+        let change = &notice.event;
+        tracing::info!(
+            cluster,
+            cycle,
+            generation = change.generation,
+            added = change.added_vmids.len(),
+            removed = change.removed_vmids.len(),
+            changed = change.changed_vmids.len(),
+            "recommendations changed"
+        );
+        if out
+            .try_send(Outgoing::Recommendations(Box::new((**change).clone())))
+            .is_err()
+        {
+            metrics::counter!(metric::EVENTS_FAILED, "kind" => "recommendations").increment(1);
+            tracing::warn!(cluster, "event queue full; recommendations event dropped");
+        }
+    }
+}
+
+/// The ingest loop (see the module documentation). Ends at shutdown; dropping `out` then
+/// lets the publisher finish.
+pub async fn ingest_loop(
+    shared: Arc<Shared>,
+    js: jetstream::Context,
+    subjects: Subjects,
+    out: mpsc::Sender<Outgoing>,
+    replay: Duration,
+) {
+    let Some(history_stream) = wait_for_stream(&js, &subjects.history_stream(), &shared).await
+    else {
+        return;
+    };
+    let Some(snapshot_stream) = wait_for_stream(&js, &subjects.snapshots_stream(), &shared).await
+    else {
+        return;
+    };
+    let mut dirty = BTreeMap::new();
+
+    // 1. The latest history of every node.
+    let (mut history, mut pending) = loop {
+        match ordered(
+            &history_stream,
+            subjects.all_history(),
+            DeliverPolicy::LastPerSubject,
+        )
+        .await
+        {
+            Ok(x) => break x,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create the history consumer; retrying");
+                tokio::select! {
+                    () = shared.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    let mut histories = 0u64;
+    while pending > 0 {
+        let next = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            m = history.next() => m,
+        };
+        match next {
+            Some(Ok(msg)) => {
+                histories += 1;
+                pending = msg.info().map_or(0, |i| i.pending);
+                apply(&shared, &msg);
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "history consumer error"),
+            None => break,
+        }
+    }
+    tracing::info!(histories, "node histories read");
+
+    // 2. The snapshot stream from now − replay window, then live.
+    let mut last_seq = 0u64;
+    let mut replaying;
+    let (mut snapshots, pending) = loop {
+        match ordered(
+            &snapshot_stream,
+            String::new(),
+            DeliverPolicy::ByStartTime {
+                start_time: start_time(replay),
+            },
+        )
+        .await
+        {
+            Ok(x) => break x,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create the snapshot consumer; retrying");
+                tokio::select! {
+                    () = shared.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    replaying = pending > 0;
+    let replay_started = Instant::now();
+    let mut replayed = 0u64;
+    tracing::info!(
+        pending,
+        replay_window_s = replay.as_secs(),
+        "snapshot replay started"
+    );
+    metrics::gauge!(metric::REPLAYING).set(if replaying { 1.0 } else { 0.0 });
+    if !replaying {
+        shared.ready.store(true, Ordering::Release);
+    }
+
+    loop {
+        tokio::select! {
+            // History first: a cycle's histories are published before its snapshots.
+            biased;
+            () = shared.shutdown.cancelled() => break,
+            m = history.next() => match m {
+                Some(Ok(msg)) => { apply(&shared, &msg); }
+                Some(Err(e)) => tracing::warn!(error = %e, "history consumer error"),
+                None => {
+                    tracing::warn!("history consumer ended; recreating it");
+                    match ordered(&history_stream, subjects.all_history(), DeliverPolicy::LastPerSubject).await {
+                        Ok((h, _)) => history = h,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot recreate the history consumer");
+                            tokio::select! {
+                                () = shared.shutdown.cancelled() => break,
+                                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            }
+                        }
+                    }
+                }
+            },
+            m = snapshots.next() => match m {
+                Some(Ok(msg)) => {
+                    let info = msg.info().map(|i| (i.stream_sequence, i.pending)).ok();
+                    if let Some((seq, _)) = info {
+                        last_seq = seq;
+                    }
+                    if let Some((cluster, cycle)) = apply(&shared, &msg) {
+                        on_cycle(&shared, &cluster, cycle, replaying, &mut dirty, &out);
+                    }
+                    if replaying {
+                        replayed += 1;
+                        let left = info.map_or(0, |(_, p)| p);
+                        if replayed.is_multiple_of(PROGRESS_EVERY) {
+                            tracing::info!(replayed, pending = left, "replaying snapshots");
+                        }
+                        if left == 0 {
+                            replaying = false;
+                            metrics::gauge!(metric::REPLAYING).set(0.0);
+                            for (cluster, cycle) in std::mem::take(&mut dirty) {
+                                shared.recompute(&cluster, cycle);
+                            }
+                            shared.ready.store(true, Ordering::Release);
+                            tracing::info!(replayed, elapsed_ms = replay_started.elapsed().as_millis() as u64, "snapshot replay done");
+                        }
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "snapshot consumer error"),
+                None => {
+                    tracing::warn!(last_seq, "snapshot consumer ended; recreating it after the last message seen");
+                    match ordered(&snapshot_stream, String::new(), DeliverPolicy::ByStartSequence { start_sequence: last_seq + 1 }).await {
+                        Ok((s, _)) => snapshots = s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot recreate the snapshot consumer");
+                            tokio::select! {
+                                () = shared.shutdown.cancelled() => break,
+                                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            }
+                        }
+                    }
+                }
+            },
+        }
+    }
+    tracing::info!("ingest stopped");
+}

@@ -1,0 +1,316 @@
+//! The recommender service: NATS ingest, recomputation, events and the gRPC server.
+//!
+//! [`start`] connects to NATS, makes sure the events stream exists, binds the gRPC listener and
+//! spawns the tasks; [`run`] is `start` followed by [`RunningService::wait`]. Everything stops
+//! when the `shutdown` token is cancelled: the ingest loop, the event publisher (after sending
+//! what it holds), open watch streams and the gRPC server (bounded by `grpc.shutdown_timeout_ms`).
+
+mod events;
+mod grpc;
+mod ingest;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use proxbalance_engine as engine;
+use proxbalance_proto::subjects::Subjects;
+use proxbalance_proto::v1 as pb;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError};
+use crate::state::{State, StateSettings};
+
+pub use events::Outgoing;
+
+/// Metric names, in one place.
+pub mod metric {
+    /// Counter: snapshots applied, by cluster.
+    pub const SNAPSHOTS_CONSUMED: &str = "proxbalance_recommender_snapshots_consumed_total";
+    /// Counter: messages refused, by reason.
+    pub const MESSAGES_REJECTED: &str = "proxbalance_recommender_messages_rejected_total";
+    /// Gauge: wall clock minus the observation time of the latest snapshot, seconds.
+    pub const INGEST_LAG: &str = "proxbalance_recommender_ingest_lag_seconds";
+    /// Histogram: building the view and planning one cluster, seconds.
+    pub const RECOMPUTE_DURATION: &str = "proxbalance_recommender_recompute_duration_seconds";
+    /// Histogram: gRPC call latency, seconds, by method and code.
+    pub const GRPC_LATENCY: &str = "proxbalance_recommender_grpc_request_duration_seconds";
+    /// Counter: events published to JetStream, by kind.
+    pub const EVENTS_PUBLISHED: &str = "proxbalance_recommender_events_published_total";
+    /// Counter: event publishes that failed, by kind.
+    pub const EVENTS_FAILED: &str = "proxbalance_recommender_event_publish_failures_total";
+    /// Gauge: 1 while the start-up replay runs.
+    pub const REPLAYING: &str = "proxbalance_recommender_replaying";
+}
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// NATS could not be reached.
+    #[error(transparent)]
+    Nats(#[from] proxbalance_runtime::RuntimeError),
+    /// A JetStream stream could not be created or read.
+    #[error("JetStream stream {stream}: {detail}")]
+    Stream {
+        /// The stream.
+        stream: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The gRPC listener could not be bound.
+    #[error("grpc.listen {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Grpc(String),
+}
+
+/// Milliseconds since the epoch by the wall clock.
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// One recomputation of a cluster.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    /// The event (empty lists when nothing changed).
+    pub event: Arc<pb::RecommendationsChanged>,
+    /// Whether the moves changed.
+    pub changed: bool,
+}
+
+/// What the tasks share.
+#[derive(Debug)]
+pub struct Shared {
+    state: RwLock<State>,
+    /// Overload events as they happen (for `WatchEvents`).
+    pub events: broadcast::Sender<pb::OverloadEvent>,
+    /// Every recomputation, flagged when the moves changed (for `WatchRecommendations`).
+    pub changes: broadcast::Sender<Notice>,
+    /// False until the start-up replay has caught up.
+    pub ready: AtomicBool,
+    /// The configuration.
+    pub config: Config,
+    /// Cancelled at shutdown.
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// Reads the state (a poisoned lock is taken over: the state stays consistent per call).
+    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the state.
+    pub fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Builds `cluster`'s view, plans it on behalf of `cycle`, caches the set and tells the
+    /// watchers. Returns the notice (`None` when the cluster has no view).
+    pub fn recompute(&self, cluster: &str, cycle: u64) -> Option<Notice> {
+        let started = Instant::now();
+        let now = wall_ms();
+        let view = self.read().view(cluster, now)?;
+        let cluster_model = match view.validate() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(cluster, error = %e, "the view built from the snapshots was refused by the engine");
+                return None;
+            }
+        };
+        let set = engine::plan(&cluster_model, None);
+        let recs = set.recommendations.len();
+        let (event, changed) = self.write().store_set(set, now, cycle);
+        let elapsed = started.elapsed();
+        metrics::histogram!(metric::RECOMPUTE_DURATION, "cluster" => cluster.to_owned())
+            .record(elapsed.as_secs_f64());
+        tracing::debug!(
+            cluster,
+            cycle,
+            recommendations = recs,
+            elapsed_ms = elapsed.as_millis() as u64,
+            changed,
+            "recomputed"
+        );
+        let notice = Notice {
+            event: Arc::new(event),
+            changed,
+        };
+        let _ = self.changes.send(notice.clone());
+        Some(notice)
+    }
+}
+
+/// The settings of the state for a configuration.
+pub fn state_settings(config: &Config) -> Result<StateSettings, ConfigError> {
+    let (penalties, thresholds) = config.engine.resolve()?;
+    Ok(StateSettings {
+        subjects: config.subjects()?,
+        staleness_ms: i64::try_from(config.state.staleness_s.saturating_mul(1000))
+            .unwrap_or(i64::MAX),
+        overload: config.overload.clone(),
+        config: penalties,
+        thresholds,
+    })
+}
+
+/// A started service.
+#[derive(Debug)]
+pub struct RunningService {
+    grpc_addr: SocketAddr,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    nats: async_nats::Client,
+}
+
+impl RunningService {
+    /// The address the gRPC server listens on (the real port when configured with port 0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The shared state (for tests and load drivers).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Waits until every task has ended (after the shutdown token is cancelled).
+    pub async fn wait(self) -> Result<(), ServiceError> {
+        self.tracker.wait().await;
+        if let Err(e) = self.nats.flush().await {
+            tracing::warn!(error = %e, "NATS flush at shutdown failed");
+        }
+        tracing::info!("recommender stopped");
+        Ok(())
+    }
+}
+
+/// Runs the service until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServiceError> {
+    start(config, shutdown).await?.wait().await
+}
+
+/// Starts the service and returns once it listens (see the module documentation).
+pub async fn start(
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<RunningService, ServiceError> {
+    config.validate()?;
+    let settings = state_settings(&config)?;
+    let subjects: Subjects = settings.subjects.clone();
+    let nats =
+        proxbalance_runtime::connect_nats(&config.nats.connection(), "proxbalance-recommender")
+            .await?;
+    let js = async_nats::jetstream::new(nats.clone());
+    events::ensure_stream(&js, &subjects, &config.nats).await?;
+
+    let addr = config.grpc.listen.clone();
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServiceError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let grpc_addr = listener
+        .local_addr()
+        .map_err(|source| ServiceError::Bind { addr, source })?;
+
+    let (events_tx, _) = broadcast::channel(1024);
+    let (changes_tx, _) = broadcast::channel(64);
+    let shared = Arc::new(Shared {
+        state: RwLock::new(State::new(settings)),
+        events: events_tx,
+        changes: changes_tx,
+        ready: AtomicBool::new(false),
+        config: config.clone(),
+        shutdown: shutdown.clone(),
+    });
+
+    let tracker = TaskTracker::new();
+    let (out_tx, out_rx) = mpsc::channel::<Outgoing>(4096);
+    tracker.spawn(events::publish_loop(
+        js.clone(),
+        nats.clone(),
+        subjects.clone(),
+        out_rx,
+        Duration::from_millis(config.nats.publish_timeout_ms),
+    ));
+    tracker.spawn(ingest::ingest_loop(
+        shared.clone(),
+        js,
+        subjects,
+        out_tx,
+        config.replay_window(),
+    ));
+    let (reporter, health) = tonic_health::server::health_reporter();
+    tracker.spawn(health_loop(shared.clone(), nats.clone(), reporter));
+    tracker.spawn(grpc::serve(
+        shared.clone(),
+        listener,
+        health,
+        Duration::from_millis(config.grpc.shutdown_timeout_ms),
+    ));
+    tracker.close();
+    tracing::info!(%grpc_addr, "recommender listening");
+    Ok(RunningService {
+        grpc_addr,
+        shared,
+        tracker,
+        nats,
+    })
+}
+
+/// Keeps the health status up to date: SERVING while NATS is connected, the replay is done and
+/// some cluster has fresh data.
+async fn health_loop(
+    shared: Arc<Shared>,
+    nats: async_nats::Client,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    let service = <pb::recommender_server::RecommenderServer<grpc::Service> as tonic::server::NamedService>::NAME;
+    let mut last: Option<bool> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let connected = nats.connection_state() == async_nats::connection::State::Connected;
+        let serving = connected
+            && shared.ready.load(Ordering::Acquire)
+            && shared.read().has_fresh_data(wall_ms());
+        if last != Some(serving) {
+            let status = if serving {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status(service, status).await;
+            reporter.set_service_status("", status).await;
+            tracing::info!(serving, nats_connected = connected, "health changed");
+            last = Some(serving);
+        }
+    }
+    reporter
+        .set_service_status(service, tonic_health::ServingStatus::NotServing)
+        .await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+}

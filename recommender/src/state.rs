@@ -1,0 +1,1038 @@
+//! The recommender's in-memory state, free of I/O: messages in, cluster views, cached
+//! recommendation sets and overload transitions out.
+//!
+//! [`State::ingest`] takes a NATS subject and payload, checks them (decoding, schema version,
+//! subject against payload, numbers) and applies them: a snapshot extends its node's
+//! [`NodeWindow`], a history seeds it, a cluster status records the cycle's node list. It
+//! reports when a cluster's cycle is complete (its `ClusterStatus` arrived, or every node the
+//! last status listed has sent this cycle's snapshot); the caller then evaluates overload
+//! ([`State::evaluate_overload`]) and recomputes ([`State::view`], the engine, [`State::store_set`]).
+//!
+//! Time: the windows and the engine view use the data's own clock (the newest snapshot of the
+//! cluster), so replicas and restarts that saw the same messages compute the same set.
+//! Staleness compares a node's last snapshot with the later of that instant and the wall clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use proxbalance_engine::window::{NodeWindow, Sample};
+use proxbalance_engine::{
+    self as engine, ClusterView, CurrentMetrics, DayAverages, GuestKind, GuestView, NodeStatus,
+    NodeView, PenaltyConfig, Thresholds, VIEW_FORMAT, WeekStats,
+};
+use proxbalance_proto::codec::{self, CodecError};
+use proxbalance_proto::subjects::{Subject, SubjectError, Subjects};
+use proxbalance_proto::v1 as pb;
+
+use crate::config::OverloadConfig;
+use crate::convert;
+use crate::overload::{Limits, NodeOverload, Reading};
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Why a message was refused. Never fatal: the message is counted, logged and dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    /// The subject is not one the recommender consumes.
+    #[error(transparent)]
+    Subject(#[from] SubjectError),
+    /// The payload does not decode or has an unknown schema version.
+    #[error(transparent)]
+    Decode(#[from] CodecError),
+    /// The subject names another cluster or node than the payload.
+    #[error("{field}: subject says {subject:?}, payload says {payload:?}")]
+    Mismatch {
+        /// `cluster` or `node`.
+        field: &'static str,
+        /// The name in the subject.
+        subject: String,
+        /// The name in the payload.
+        payload: String,
+    },
+    /// A field holds a value no collector produces (NaN, negative, empty name, ...).
+    #[error("{field}: {detail}")]
+    Invalid {
+        /// Path of the field (e.g. `guests[2].disk_read_bps`).
+        field: String,
+        /// What was expected.
+        detail: String,
+    },
+}
+
+impl Rejection {
+    /// A short label for the rejection metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Rejection::Subject(_) => "subject",
+            Rejection::Decode(CodecError::UnsupportedSchemaVersion { .. }) => "schema_version",
+            Rejection::Decode(_) => "decode",
+            Rejection::Mismatch { .. } => "subject_mismatch",
+            Rejection::Invalid { .. } => "invalid_value",
+        }
+    }
+}
+
+fn invalid(field: impl Into<String>, detail: &str) -> Rejection {
+    Rejection::Invalid {
+        field: field.into(),
+        detail: detail.to_owned(),
+    }
+}
+
+fn check_number(field: impl FnOnce() -> String, v: f64) -> Result<(), Rejection> {
+    if !v.is_finite() {
+        Err(invalid(field(), "expected a finite number"))
+    } else if v < 0.0 {
+        Err(invalid(field(), "expected a number ≥ 0"))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_name(field: &str, v: &str) -> Result<(), Rejection> {
+    if v.trim().is_empty() {
+        Err(invalid(field, "expected a non-empty name"))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_match(field: &'static str, subject: &str, payload: &str) -> Result<(), Rejection> {
+    if subject == payload {
+        Ok(())
+    } else {
+        Err(Rejection::Mismatch {
+            field,
+            subject: subject.to_owned(),
+            payload: payload.to_owned(),
+        })
+    }
+}
+
+/// Checks a snapshot's names and numbers.
+pub fn validate_snapshot(s: &pb::NodeSnapshot) -> Result<(), Rejection> {
+    check_name("cluster", &s.cluster)?;
+    check_name("node", &s.node)?;
+    if s.observed_at_unix_ms <= 0 {
+        return Err(invalid("observed_at_unix_ms", "expected a time after 1970"));
+    }
+    if pb::NodeStatus::try_from(s.status).is_err() {
+        return Err(invalid("status", "expected a known node status"));
+    }
+    check_number(|| "cpu_fraction".into(), s.cpu_fraction)?;
+    if let Some(v) = s.iowait_fraction {
+        check_number(|| "iowait_fraction".into(), v)?;
+    }
+    for (i, v) in s.load_average.iter().enumerate() {
+        check_number(|| format!("load_average[{i}]"), *v)?;
+    }
+    check_number(|| "overcommit_ratio".into(), s.overcommit_ratio)?;
+    if let Some(p) = &s.pressure {
+        for (k, v) in [
+            ("cpu_some", p.cpu_some),
+            ("io_some", p.io_some),
+            ("io_full", p.io_full),
+            ("memory_some", p.memory_some),
+            ("memory_full", p.memory_full),
+        ] {
+            check_number(|| format!("pressure.{k}"), v)?;
+        }
+    }
+    for (i, st) in s.storages.iter().enumerate() {
+        check_name(&format!("storages[{i}].id"), &st.id)?;
+    }
+    for (i, g) in s.guests.iter().enumerate() {
+        if g.vmid == 0 {
+            return Err(invalid(format!("guests[{i}].vmid"), "expected ≥ 1"));
+        }
+        if !matches!(
+            pb::GuestKind::try_from(g.kind),
+            Ok(pb::GuestKind::Qemu | pb::GuestKind::Lxc)
+        ) {
+            return Err(invalid(format!("guests[{i}].kind"), "expected qemu or lxc"));
+        }
+        for (k, v) in [
+            ("cpu_fraction", g.cpu_fraction),
+            ("vcpus", g.vcpus),
+            ("disk_read_bps", g.disk_read_bps),
+            ("disk_write_bps", g.disk_write_bps),
+            ("net_in_bps", g.net_in_bps),
+            ("net_out_bps", g.net_out_bps),
+        ] {
+            check_number(|| format!("guests[{i}].{k}"), v)?;
+        }
+        for (j, st) in g.storages.iter().enumerate() {
+            check_name(&format!("guests[{i}].storages[{j}]"), st)?;
+        }
+    }
+    Ok(())
+}
+
+fn validate_history(h: &pb::NodeHistory) -> Result<(), Rejection> {
+    check_name("cluster", &h.cluster)?;
+    check_name("node", &h.node)?;
+    for (series, points) in [("day", &h.day), ("week", &h.week)] {
+        for (i, p) in points.iter().enumerate() {
+            for (k, v) in [
+                ("cpu_fraction", p.cpu_fraction),
+                ("iowait_fraction", p.iowait_fraction),
+                ("mem_used_bytes", p.mem_used_bytes),
+                ("mem_total_bytes", p.mem_total_bytes),
+                ("load_average", p.load_average),
+            ] {
+                if let Some(v) = v {
+                    check_number(|| format!("{series}[{i}].{k}"), v)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Settings of the state.
+#[derive(Debug, Clone)]
+pub struct StateSettings {
+    /// Subjects of the deployment.
+    pub subjects: Subjects,
+    /// A node whose last snapshot is older than this is stale, ms.
+    pub staleness_ms: i64,
+    /// Overload detection.
+    pub overload: OverloadConfig,
+    /// The engine configuration of every view.
+    pub config: PenaltyConfig,
+    /// The thresholds of every view (and of overload detection).
+    pub thresholds: Thresholds,
+}
+
+/// What a message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    /// A snapshot was applied; `completed` is set when it completed its cluster's cycle.
+    Snapshot {
+        cluster: String,
+        observed_at_ms: i64,
+        completed: Option<u64>,
+    },
+    /// A cluster status was applied; `completed` is set unless its cycle was already complete.
+    Status {
+        cluster: String,
+        completed: Option<u64>,
+    },
+    /// A history seeded a node's windows.
+    History { cluster: String },
+    /// A message of another kind on a consumed subject (e.g. an event); nothing to do.
+    Ignored,
+}
+
+/// A cached recommendation set.
+#[derive(Debug, Clone)]
+pub struct Cached {
+    /// The engine's set.
+    pub set: engine::RecommendationSet,
+    /// The same, converted once for gRPC.
+    pub proto: Arc<pb::RecommendationSet>,
+    /// Increases with every change of the moves.
+    pub generation: u64,
+    /// The collection cycle the set was computed on.
+    pub cycle: u64,
+}
+
+#[derive(Debug, Default)]
+struct NodeState {
+    latest: Option<pb::NodeSnapshot>,
+    window: NodeWindow,
+    overload: NodeOverload,
+    /// Observation time of the snapshot overload was last evaluated on.
+    evaluated_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+struct ClusterState {
+    nodes: BTreeMap<String, NodeState>,
+    status: Option<pb::ClusterStatus>,
+    completed_cycle: Option<u64>,
+    cached: Option<Cached>,
+}
+
+impl ClusterState {
+    /// The newest observation of the cluster, unix ms.
+    fn data_now_ms(&self) -> Option<i64> {
+        self.nodes
+            .values()
+            .filter_map(|n| n.latest.as_ref().map(|s| s.observed_at_unix_ms))
+            .max()
+    }
+}
+
+/// Everything the recommender knows. See the module documentation.
+#[derive(Debug)]
+pub struct State {
+    settings: StateSettings,
+    clusters: BTreeMap<String, ClusterState>,
+}
+
+fn sample_of(s: &pb::NodeSnapshot, previous_iowait: f64) -> Sample {
+    let mem = if s.mem_total_bytes > 0 {
+        s.mem_used_bytes as f64 / s.mem_total_bytes as f64 * 100.0
+    } else {
+        0.0
+    };
+    Sample {
+        t_ms: s.observed_at_unix_ms,
+        cpu: s.cpu_fraction * 100.0,
+        mem,
+        iowait: s.iowait_fraction.map_or(previous_iowait, |v| v * 100.0),
+        load: s.load_average.first().copied().unwrap_or(0.0),
+    }
+}
+
+fn history_samples(points: &[pb::HistoryPoint]) -> Vec<Sample> {
+    points
+        .iter()
+        .filter_map(|p| {
+            let cpu = p.cpu_fraction?;
+            let total = p.mem_total_bytes.filter(|t| *t > 0.0)?;
+            let used = p.mem_used_bytes?;
+            Some(Sample {
+                t_ms: p.time_unix_ms,
+                cpu: cpu * 100.0,
+                mem: used / total * 100.0,
+                iowait: p.iowait_fraction.unwrap_or(0.0) * 100.0,
+                load: p.load_average.unwrap_or(0.0),
+            })
+        })
+        .collect()
+}
+
+fn reason_word(r: pb::OverloadReason) -> &'static str {
+    match r {
+        pb::OverloadReason::Cpu => "cpu",
+        pb::OverloadReason::Memory => "memory",
+        pb::OverloadReason::Iowait => "iowait",
+        pb::OverloadReason::MemOvercommit => "mem_overcommit",
+        pb::OverloadReason::Unspecified => "unspecified",
+    }
+}
+
+/// The `Nats-Msg-Id` of an overload event: the same transition computed by two replicas gets
+/// the same id, so JetStream stores it once.
+pub fn overload_event_id(e: &pb::OverloadEvent) -> String {
+    let state = if e.state == pb::OverloadState::Raised as i32 {
+        "raised"
+    } else {
+        "cleared"
+    };
+    let reason = pb::OverloadReason::try_from(e.reason).map_or("unspecified", reason_word);
+    format!(
+        "{}:{}:{reason}:{state}:{}",
+        e.cluster, e.node, e.since_unix_ms
+    )
+}
+
+/// The `Nats-Msg-Id` of a recommendations-changed event (the view instant it was computed for).
+pub fn recommendations_event_id(e: &pb::RecommendationsChanged) -> String {
+    let at = e
+        .recommendations
+        .as_ref()
+        .map_or(e.at_unix_ms, |s| s.generated_at);
+    format!("{}:recommendations:{at}", e.cluster)
+}
+
+impl State {
+    /// An empty state.
+    pub fn new(settings: StateSettings) -> Self {
+        State {
+            settings,
+            clusters: BTreeMap::new(),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &StateSettings {
+        &self.settings
+    }
+
+    /// Checks and applies one message.
+    pub fn ingest(&mut self, subject: &str, payload: &[u8]) -> Result<Ingested, Rejection> {
+        match self.settings.subjects.parse(subject)? {
+            Subject::Snapshot { cluster, node } => {
+                let s = codec::decode_snapshot(payload)?;
+                check_match("cluster", &cluster, &s.cluster)?;
+                check_match("node", &node, &s.node)?;
+                validate_snapshot(&s)?;
+                Ok(self.apply_snapshot(s))
+            }
+            Subject::History { cluster, node } => {
+                let h = codec::decode_history(payload)?;
+                check_match("cluster", &cluster, &h.cluster)?;
+                check_match("node", &node, &h.node)?;
+                validate_history(&h)?;
+                self.apply_history(&h);
+                Ok(Ingested::History { cluster })
+            }
+            Subject::ClusterStatus { cluster } => {
+                let st = codec::decode_cluster_status(payload)?;
+                check_match("cluster", &cluster, &st.cluster)?;
+                for (i, n) in st.nodes.iter().enumerate() {
+                    check_name(&format!("nodes[{i}].node"), &n.node)?;
+                }
+                Ok(self.apply_status(st))
+            }
+            Subject::Overload { .. } | Subject::Recommendations { .. } => Ok(Ingested::Ignored),
+        }
+    }
+
+    /// Applies a checked snapshot.
+    pub fn apply_snapshot(&mut self, s: pb::NodeSnapshot) -> Ingested {
+        let cluster_name = s.cluster.clone();
+        let cycle = s.cycle;
+        let observed_at_ms = s.observed_at_unix_ms;
+        let c = self.clusters.entry(s.cluster.clone()).or_default();
+        let node = c.nodes.entry(s.node.clone()).or_default();
+        let prev_iowait = node.window.latest().map_or(0.0, |l| l.iowait);
+        if s.status == pb::NodeStatus::Online as i32 {
+            node.window.record(sample_of(&s, prev_iowait));
+        }
+        if node
+            .latest
+            .as_ref()
+            .is_none_or(|l| l.observed_at_unix_ms <= s.observed_at_unix_ms)
+        {
+            node.latest = Some(s);
+        }
+        // The cycle is complete when every node of the last status has sent this cycle.
+        let completed = match &c.status {
+            Some(st) if !st.nodes.is_empty() && c.completed_cycle != Some(cycle) => {
+                let all = st.nodes.iter().all(|n| {
+                    c.nodes
+                        .get(&n.node)
+                        .and_then(|x| x.latest.as_ref())
+                        .is_some_and(|l| l.cycle == cycle)
+                });
+                all.then_some(cycle)
+            }
+            _ => None,
+        };
+        if completed.is_some() {
+            c.completed_cycle = completed;
+        }
+        Ingested::Snapshot {
+            cluster: cluster_name,
+            observed_at_ms,
+            completed,
+        }
+    }
+
+    /// Applies a checked history.
+    pub fn apply_history(&mut self, h: &pb::NodeHistory) {
+        let c = self.clusters.entry(h.cluster.clone()).or_default();
+        let node = c.nodes.entry(h.node.clone()).or_default();
+        node.window
+            .seed(&history_samples(&h.day), &history_samples(&h.week));
+    }
+
+    /// Applies a checked cluster status.
+    pub fn apply_status(&mut self, st: pb::ClusterStatus) -> Ingested {
+        let cluster = st.cluster.clone();
+        let c = self.clusters.entry(st.cluster.clone()).or_default();
+        let cycle = st.cycle;
+        c.status = Some(st);
+        let completed = (c.completed_cycle != Some(cycle)).then_some(cycle);
+        if completed.is_some() {
+            c.completed_cycle = completed;
+        }
+        Ingested::Status { cluster, completed }
+    }
+
+    fn is_stale(&self, latest_ms: i64, reference_ms: i64) -> bool {
+        reference_ms - latest_ms > self.settings.staleness_ms
+    }
+
+    /// Evaluates overload on every node of `cluster` that is online, fresh and has a snapshot
+    /// not evaluated yet, and returns the events of the transitions.
+    pub fn evaluate_overload(&mut self, cluster: &str, wall_ms: i64) -> Vec<pb::OverloadEvent> {
+        let staleness = self.settings.staleness_ms;
+        let cfg = self.settings.overload.clone();
+        let t = self.settings.thresholds;
+        let limits = Limits {
+            cpu: t.cpu,
+            mem: t.mem,
+            iowait: t.iowait,
+        };
+        let Some(c) = self.clusters.get_mut(cluster) else {
+            return Vec::new();
+        };
+        let Some(data_now) = c.data_now_ms() else {
+            return Vec::new();
+        };
+        let reference = data_now.max(wall_ms);
+        let mut events = Vec::new();
+        for (name, node) in &mut c.nodes {
+            let Some(s) = &node.latest else { continue };
+            if s.status != pb::NodeStatus::Online as i32
+                || reference - s.observed_at_unix_ms > staleness
+                || node.evaluated_at_ms == Some(s.observed_at_unix_ms)
+            {
+                continue;
+            }
+            node.evaluated_at_ms = Some(s.observed_at_unix_ms);
+            let Some(cur) = node.window.latest() else {
+                continue;
+            };
+            let day = node.window.day_stats(s.observed_at_unix_ms);
+            let reading = Reading {
+                at_ms: s.observed_at_unix_ms,
+                cpu: cur.cpu,
+                mem: cur.mem,
+                iowait: cur.iowait,
+                avg_24h: day.map(|d| (d.avg_cpu, d.avg_mem, d.avg_iowait)),
+                overcommit_ratio: s.overcommit_ratio,
+            };
+            for tr in node.overload.evaluate(&reading, &limits, &cfg) {
+                let mut e = pb::OverloadEvent {
+                    cluster: cluster.to_owned(),
+                    node: name.clone(),
+                    reason: tr.reason as i32,
+                    state: tr.state as i32,
+                    value: tr.value,
+                    avg_24h: tr.avg_24h,
+                    threshold: tr.threshold,
+                    since_unix_ms: tr.since_ms,
+                    at_unix_ms: tr.at_ms,
+                    event_id: String::new(),
+                };
+                e.event_id = overload_event_id(&e);
+                events.push(e);
+            }
+        }
+        events
+    }
+
+    /// The engine's view of `cluster` built from the windows, or `None` for an unknown
+    /// cluster or one without snapshots.
+    pub fn view(&self, cluster: &str, wall_ms: i64) -> Option<ClusterView> {
+        let c = self.clusters.get(cluster)?;
+        let data_now = c.data_now_ms()?;
+        let reference = data_now.max(wall_ms);
+        let mut nodes = Vec::new();
+        let mut maintenance = Vec::new();
+        // vmid → (observed_at, node name, guest): the freshest report of a guest wins.
+        let mut guests: BTreeMap<u32, (i64, &str, &pb::Guest)> = BTreeMap::new();
+        for (name, n) in &c.nodes {
+            let Some(s) = &n.latest else { continue };
+            let stale = self.is_stale(s.observed_at_unix_ms, reference);
+            let total_mem_gb = s.mem_total_bytes as f64 / GIB;
+            let status = match pb::NodeStatus::try_from(s.status) {
+                Ok(pb::NodeStatus::Online) if !stale && total_mem_gb > 0.0 => NodeStatus::Online,
+                Ok(pb::NodeStatus::Offline) => NodeStatus::Offline,
+                _ => NodeStatus::Unknown,
+            };
+            let cur = sample_of(s, n.window.latest().map_or(0.0, |l| l.iowait));
+            let day = n.window.day_stats(data_now);
+            let week = n.window.week_stats(data_now);
+            let mut storage: Vec<engine::Storage> = Vec::new();
+            let mut ids = BTreeSet::new();
+            for st in &s.storages {
+                if ids.insert(st.id.as_str()) {
+                    storage.push(engine::Storage {
+                        id: st.id.clone(),
+                        active: st.active,
+                        shared: st.shared,
+                        usage_pct: if st.total_bytes > 0 {
+                            st.used_bytes as f64 / st.total_bytes as f64 * 100.0
+                        } else {
+                            0.0
+                        },
+                    });
+                }
+            }
+            if s.maintenance && status == NodeStatus::Online {
+                maintenance.push(name.clone());
+            }
+            nodes.push(NodeView {
+                name: name.clone(),
+                status,
+                cpu_cores: s.cpu_threads.max(1),
+                total_mem_gb,
+                current: CurrentMetrics {
+                    cpu: cur.cpu,
+                    mem: cur.mem,
+                    iowait: cur.iowait,
+                },
+                avg_24h: day.map(|d| DayAverages {
+                    cpu: d.avg_cpu,
+                    mem: d.avg_mem,
+                    iowait: d.avg_iowait,
+                    load: d.avg_load,
+                }),
+                week: week.map(|w| WeekStats {
+                    avg_cpu: w.avg_cpu,
+                    max_cpu: w.max_cpu,
+                    avg_mem: w.avg_mem,
+                    max_mem: w.max_mem,
+                    avg_iowait: w.avg_iowait,
+                }),
+                history: n.window.hourly(data_now),
+                storage,
+            });
+            for g in &s.guests {
+                let better = guests.get(&g.vmid).is_none_or(|(t, node, _)| {
+                    (s.observed_at_unix_ms, name.as_str()) > (*t, *node)
+                });
+                if better {
+                    guests.insert(g.vmid, (s.observed_at_unix_ms, name.as_str(), g));
+                }
+            }
+        }
+        let guests = guests
+            .into_values()
+            .map(|(_, node, g)| GuestView {
+                vmid: g.vmid,
+                name: g.name.clone(),
+                kind: if g.kind == pb::GuestKind::Lxc as i32 {
+                    GuestKind::Lxc
+                } else {
+                    GuestKind::Qemu
+                },
+                node: node.to_owned(),
+                status: if g.status.trim().is_empty() {
+                    "unknown".to_owned()
+                } else {
+                    g.status.clone()
+                },
+                cpu_percent: g.cpu_fraction * 100.0,
+                cpu_cores: (g.vcpus.ceil() as u32).max(1),
+                mem_used_gb: g.mem_used_bytes as f64 / GIB,
+                mem_max_gb: g.mem_max_bytes as f64 / GIB,
+                disk_read_bps: g.disk_read_bps,
+                disk_write_bps: g.disk_write_bps,
+                net_in_bps: g.net_in_bps,
+                net_out_bps: g.net_out_bps,
+                tags: g.tags.clone(),
+                ha_managed: g.ha_managed,
+                lock: (!g.lock.is_empty()).then(|| g.lock.clone()),
+                template: g.template,
+                passthrough: g.passthrough,
+                unshared_bind_mount: g.unshared_bind_mount,
+                storages: g.storages.clone(),
+            })
+            .collect();
+        Some(ClusterView {
+            format: VIEW_FORMAT.to_owned(),
+            cluster: cluster.to_owned(),
+            now: data_now.div_euclid(1000),
+            thresholds: Some(self.settings.thresholds),
+            maintenance_nodes: maintenance,
+            nodes,
+            guests,
+            penalty_config: self.settings.config.to_map(),
+        })
+    }
+
+    /// Caches a freshly computed set and returns the change event, with `true` when its moves
+    /// differ from the cached ones (the first set of a cluster always counts as a change).
+    pub fn store_set(
+        &mut self,
+        set: engine::RecommendationSet,
+        at_ms: i64,
+        cycle: u64,
+    ) -> (pb::RecommendationsChanged, bool) {
+        let c = self.clusters.entry(set.cluster.clone()).or_default();
+        let moves = |s: &engine::RecommendationSet| -> BTreeMap<u32, (String, String)> {
+            s.recommendations
+                .iter()
+                .map(|r| (r.vmid, (r.source_node.clone(), r.target_node.clone())))
+                .collect()
+        };
+        let new_moves = moves(&set);
+        let (old_moves, generation) = match &c.cached {
+            Some(old) => (Some(moves(&old.set)), old.generation),
+            None => (None, 0),
+        };
+        let changed = old_moves.as_ref() != Some(&new_moves);
+        let generation = if changed { generation + 1 } else { generation };
+        let proto = Arc::new(convert::set_to_proto(&set));
+        let event = {
+            let old = if changed {
+                old_moves.unwrap_or_default()
+            } else {
+                new_moves.clone()
+            };
+            pb::RecommendationsChanged {
+                cluster: set.cluster.clone(),
+                at_unix_ms: at_ms,
+                generation,
+                added_vmids: new_moves
+                    .keys()
+                    .filter(|v| !old.contains_key(v))
+                    .copied()
+                    .collect(),
+                removed_vmids: old
+                    .keys()
+                    .filter(|v| !new_moves.contains_key(v))
+                    .copied()
+                    .collect(),
+                changed_vmids: new_moves
+                    .iter()
+                    .filter(|(v, m)| old.get(v).is_some_and(|o| o != *m))
+                    .map(|(v, _)| *v)
+                    .collect(),
+                recommendations: Some((*proto).clone()),
+                cycle,
+            }
+        };
+        c.cached = Some(Cached {
+            set,
+            proto,
+            generation,
+            cycle,
+        });
+        (event, changed)
+    }
+
+    /// The cached set of a cluster.
+    pub fn cached(&self, cluster: &str) -> Option<&Cached> {
+        self.clusters.get(cluster)?.cached.as_ref()
+    }
+
+    /// Whether the cluster is known (some message named it).
+    pub fn knows(&self, cluster: &str) -> bool {
+        self.clusters.contains_key(cluster)
+    }
+
+    /// Names of the clusters with at least one snapshot.
+    pub fn cluster_names(&self) -> Vec<String> {
+        self.clusters
+            .iter()
+            .filter(|(_, c)| c.data_now_ms().is_some())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Whether some cluster has a cached set and a node whose snapshot is fresh by the wall clock.
+    pub fn has_fresh_data(&self, wall_ms: i64) -> bool {
+        self.clusters.values().any(|c| {
+            c.cached.is_some()
+                && c.nodes.values().any(|n| {
+                    n.latest
+                        .as_ref()
+                        .is_some_and(|s| !self.is_stale(s.observed_at_unix_ms, wall_ms))
+                })
+        })
+    }
+
+    /// The summaries of every cluster with snapshots.
+    pub fn summaries(&self, wall_ms: i64) -> Vec<pb::ClusterSummary> {
+        self.clusters
+            .iter()
+            .filter_map(|(name, c)| {
+                let data_now = c.data_now_ms()?;
+                let reference = data_now.max(wall_ms);
+                let latest: Vec<&pb::NodeSnapshot> =
+                    c.nodes.values().filter_map(|n| n.latest.as_ref()).collect();
+                Some(pb::ClusterSummary {
+                    name: name.clone(),
+                    nodes: latest.len() as u32,
+                    guests: latest.iter().map(|s| s.guests.len() as u32).sum(),
+                    stale_nodes: latest
+                        .iter()
+                        .filter(|s| self.is_stale(s.observed_at_unix_ms, reference))
+                        .count() as u32,
+                    last_snapshot_unix_ms: data_now,
+                    recommendations: c
+                        .cached
+                        .as_ref()
+                        .map_or(0, |x| x.set.recommendations.len() as u32),
+                })
+            })
+            .collect()
+    }
+
+    /// The state of one cluster for `GetClusterState`.
+    pub fn cluster_state(
+        &self,
+        cluster: &str,
+        wall_ms: i64,
+    ) -> Option<pb::GetClusterStateResponse> {
+        let c = self.clusters.get(cluster)?;
+        let data_now = c.data_now_ms()?;
+        let reference = data_now.max(wall_ms);
+        let nodes = c
+            .nodes
+            .values()
+            .filter_map(|n| {
+                let s = n.latest.as_ref()?;
+                let day = n.window.day_stats(data_now);
+                let week = n.window.week_stats(data_now);
+                Some(pb::NodeState {
+                    latest: Some(s.clone()),
+                    stale: self.is_stale(s.observed_at_unix_ms, reference),
+                    stats: Some(pb::NodeWindowStats {
+                        avg_cpu_24h: day.map_or(0.0, |d| d.avg_cpu),
+                        max_cpu_24h: day.map_or(0.0, |d| d.max_cpu),
+                        avg_mem_24h: day.map_or(0.0, |d| d.avg_mem),
+                        max_mem_24h: day.map_or(0.0, |d| d.max_mem),
+                        avg_iowait_24h: day.map_or(0.0, |d| d.avg_iowait),
+                        avg_cpu_7d: week.map_or(0.0, |w| w.avg_cpu),
+                        max_cpu_7d: week.map_or(0.0, |w| w.max_cpu),
+                        avg_mem_7d: week.map_or(0.0, |w| w.avg_mem),
+                        max_mem_7d: week.map_or(0.0, |w| w.max_mem),
+                        avg_iowait_7d: week.map_or(0.0, |w| w.avg_iowait),
+                        avg_load_24h: day.map_or(0.0, |d| d.avg_load),
+                    }),
+                    overloaded: n.overload.raised().into_iter().map(|r| r as i32).collect(),
+                    hourly_samples: n.window.hourly(data_now).len() as u32,
+                    raw_samples: n.window.raw().count() as u32,
+                })
+            })
+            .collect();
+        Some(pb::GetClusterStateResponse {
+            cluster: cluster.to_owned(),
+            nodes,
+            last_status: c.status.clone(),
+        })
+    }
+
+    /// Bytes of window state per tracked node (the memory budget's figure, guests excluded).
+    pub fn window_bytes_per_node(&self) -> usize {
+        NodeWindow::new().memory_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proxbalance_proto::SCHEMA_VERSION;
+
+    const T0: i64 = 1_764_230_400_000;
+
+    fn settings() -> StateSettings {
+        StateSettings {
+            subjects: Subjects::default(),
+            staleness_ms: 60_000,
+            overload: OverloadConfig::default(),
+            config: PenaltyConfig::default(),
+            thresholds: Thresholds::default(),
+        }
+    }
+
+    fn snap(node: &str, cycle: u64, at: i64, cpu: f64) -> pb::NodeSnapshot {
+        pb::NodeSnapshot {
+            schema_version: SCHEMA_VERSION,
+            cluster: "c".into(),
+            node: node.into(),
+            cycle,
+            observed_at_unix_ms: at,
+            status: pb::NodeStatus::Online as i32,
+            cpu_fraction: cpu,
+            cpu_threads: 8,
+            iowait_fraction: Some(0.01),
+            mem_used_bytes: 8 << 30,
+            mem_total_bytes: 32 << 30,
+            committed_mem_bytes: 8 << 30,
+            overcommit_ratio: 0.25,
+            guests: vec![pb::Guest {
+                vmid: if node == "a" { 100 } else { 200 },
+                kind: pb::GuestKind::Qemu as i32,
+                name: format!("g-{node}"),
+                status: "running".into(),
+                cpu_fraction: 0.5,
+                vcpus: 2.0,
+                mem_used_bytes: 4 << 30,
+                mem_max_bytes: 8 << 30,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn status(cycle: u64, nodes: &[&str]) -> pb::ClusterStatus {
+        pb::ClusterStatus {
+            schema_version: SCHEMA_VERSION,
+            cluster: "c".into(),
+            cycle,
+            nodes: nodes
+                .iter()
+                .map(|n| pb::ClusterNode {
+                    node: (*n).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn ingest_snap(st: &mut State, s: &pb::NodeSnapshot) -> Result<Ingested, Rejection> {
+        st.ingest(
+            &Subjects::default().snapshot(&s.cluster, &s.node),
+            &proxbalance_proto::encode(s),
+        )
+    }
+
+    #[test]
+    fn invalid_messages_are_rejected_with_a_reason() {
+        let mut st = State::new(settings());
+        let subj = Subjects::default();
+        let e = st
+            .ingest(&subj.snapshot("c", "a"), &[0xff, 0xff])
+            .unwrap_err();
+        assert_eq!(e.label(), "decode");
+        let mut s = snap("a", 1, T0, 0.5);
+        s.schema_version = 7;
+        let e = ingest_snap(&mut st, &s).unwrap_err();
+        assert_eq!(e.label(), "schema_version");
+        let s = snap("b", 1, T0, 0.5);
+        let e = st
+            .ingest(&subj.snapshot("c", "a"), &proxbalance_proto::encode(&s))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "node: subject says \"a\", payload says \"b\""
+        );
+        let mut s = snap("a", 1, T0, f64::NAN);
+        let e = ingest_snap(&mut st, &s).unwrap_err();
+        assert_eq!(e.to_string(), "cpu_fraction: expected a finite number");
+        s.cpu_fraction = 0.1;
+        s.guests[0].disk_read_bps = -1.0;
+        let e = ingest_snap(&mut st, &s).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "guests[0].disk_read_bps: expected a number ≥ 0"
+        );
+        assert_eq!(e.label(), "invalid_value");
+        let e = st.ingest("other.v1.snapshot.c.a", &[]).unwrap_err();
+        assert_eq!(e.label(), "subject");
+        assert!(st.cluster_names().is_empty());
+    }
+
+    #[test]
+    fn cycle_completes_on_status_or_when_every_listed_node_reported() {
+        let mut st = State::new(settings());
+        let r = ingest_snap(&mut st, &snap("a", 1, T0, 0.5)).unwrap();
+        assert_eq!(
+            r,
+            Ingested::Snapshot {
+                cluster: "c".into(),
+                observed_at_ms: T0,
+                completed: None
+            }
+        );
+        assert_eq!(
+            st.apply_status(status(1, &["a", "b"])),
+            Ingested::Status {
+                cluster: "c".into(),
+                completed: Some(1)
+            }
+        );
+        // Cycle 2: complete once a and b have both reported; the status then adds nothing.
+        let r = ingest_snap(&mut st, &snap("a", 2, T0 + 10_000, 0.5)).unwrap();
+        assert!(matches!(
+            r,
+            Ingested::Snapshot {
+                completed: None,
+                ..
+            }
+        ));
+        ingest_snap(&mut st, &snap("b", 1, T0, 0.5)).unwrap();
+        let r = ingest_snap(&mut st, &snap("b", 2, T0 + 10_000, 0.5)).unwrap();
+        assert!(
+            matches!(
+                r,
+                Ingested::Snapshot {
+                    completed: Some(2),
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        assert!(matches!(
+            st.apply_status(status(2, &["a", "b"])),
+            Ingested::Status {
+                completed: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn view_marks_stale_and_offline_nodes_and_dedupes_guests() {
+        let mut st = State::new(settings());
+        ingest_snap(&mut st, &snap("a", 1, T0, 0.5)).unwrap();
+        let mut b = snap("b", 1, T0 + 120_000, 0.2);
+        b.guests[0].vmid = 100; // guest 100 migrated to b: b's report is fresher
+        ingest_snap(&mut st, &b).unwrap();
+        let mut c = snap("d", 1, T0 + 120_000, 0.2);
+        c.status = pb::NodeStatus::Unreachable as i32;
+        c.guests.clear();
+        ingest_snap(&mut st, &c).unwrap();
+        let view = st.view("c", T0).unwrap();
+        assert_eq!(view.now, (T0 + 120_000) / 1000);
+        let status: Vec<(&str, NodeStatus)> = view
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.status))
+            .collect();
+        assert_eq!(
+            status,
+            vec![
+                ("a", NodeStatus::Unknown),
+                ("b", NodeStatus::Online),
+                ("d", NodeStatus::Unknown)
+            ]
+        );
+        assert_eq!(view.guests.len(), 1);
+        assert_eq!(view.guests[0].node, "b");
+        assert_eq!(view.guests[0].cpu_percent, 50.0);
+        let b = &view.nodes[1];
+        assert_eq!(b.current.cpu, 20.0);
+        assert_eq!(b.current.mem, 25.0);
+        assert_eq!(b.total_mem_gb, 32.0);
+        assert_eq!(b.avg_24h.map(|d| d.cpu), Some(20.0));
+        // The view is valid for the engine.
+        let cluster = view.validate().unwrap();
+        assert_eq!(engine::plan(&cluster, None).cluster, "c");
+        // Wall clock far ahead: everything is stale, and the state is not fresh.
+        assert!(!st.has_fresh_data(T0)); // no cached set yet
+        let v = st.view("c", T0 + 3_600_000).unwrap();
+        assert!(v.nodes.iter().all(|n| n.status != NodeStatus::Online));
+    }
+
+    #[test]
+    fn store_set_reports_changes_only_when_moves_differ() {
+        let mut st = State::new(settings());
+        let cluster = engine::synthetic::cluster_view(6, 60, 3)
+            .validate()
+            .unwrap();
+        let set = engine::plan(&cluster, None);
+        let (e1, changed) = st.store_set(set.clone(), 1, 1);
+        assert!(changed);
+        assert_eq!(e1.generation, 1);
+        assert_eq!(e1.cycle, 1);
+        assert_eq!(e1.added_vmids.len(), set.recommendations.len());
+        let (same, changed) = st.store_set(set.clone(), 2, 2);
+        assert!(!changed);
+        assert_eq!((same.generation, same.cycle), (1, 2));
+        assert!(same.added_vmids.is_empty() && same.removed_vmids.is_empty());
+        let mut fewer = set.clone();
+        let gone = fewer.recommendations.pop().unwrap().vmid;
+        let (e2, changed) = st.store_set(fewer, 3, 3);
+        assert!(changed);
+        assert_eq!(e2.generation, 2);
+        assert_eq!(e2.removed_vmids, vec![gone]);
+        assert!(e2.added_vmids.is_empty());
+        assert_eq!(st.cached(&set.cluster).unwrap().generation, 2);
+    }
+
+    #[test]
+    fn overload_events_carry_deterministic_ids() {
+        let mut st = State::new(settings());
+        st.apply_status(status(1, &["a"]));
+        ingest_snap(&mut st, &snap("a", 1, T0, 0.9)).unwrap();
+        let ev = st.evaluate_overload("c", T0);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].event_id, format!("c:a:cpu:raised:{T0}"));
+        assert_eq!(ev[0].value, 90.0);
+        // The same snapshot is not evaluated twice.
+        assert!(st.evaluate_overload("c", T0).is_empty());
+    }
+}

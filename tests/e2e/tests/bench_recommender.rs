@@ -1,0 +1,384 @@
+//! Recommender figures for `BENCHMARKS.md` (ignored by default; run with
+//! `cargo test -p proxbalance-e2e --release --test bench_recommender -- --ignored --nocapture --test-threads 1`).
+//!
+//! - ingest: snapshots of 30 guests each published to a real nats-server, then read by a
+//!   recommender through its ordered consumer (start-up replay) into applied state;
+//! - `GetRecommendations` latency for a 64-node / 4,000-guest cluster with 64 concurrent clients;
+//! - memory per tracked node, from the process' resident set while the state grows.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use proxbalance_collector::publisher::{Publisher, StreamLimits};
+use proxbalance_e2e::NatsServer;
+use proxbalance_engine::synthetic::cluster_view;
+use proxbalance_engine::{ClusterView, GuestKind};
+use proxbalance_proto::subjects::Subjects;
+use proxbalance_proto::v1 as pb;
+use proxbalance_proto::{SCHEMA_VERSION, headers};
+use proxbalance_recommender::state::{State, StateSettings};
+use proxbalance_recommender::{Config, convert};
+use tokio_util::sync::CancellationToken;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// One snapshot per node of a synthetic cluster view, as the collector would publish it.
+fn snapshots(view: &ClusterView, cycle: u64, at_ms: i64) -> Vec<pb::NodeSnapshot> {
+    let mut by_node: std::collections::HashMap<&str, Vec<&proxbalance_engine::GuestView>> =
+        std::collections::HashMap::new();
+    for g in &view.guests {
+        by_node.entry(g.node.as_str()).or_default().push(g);
+    }
+    view.nodes
+        .iter()
+        .map(|n| {
+            let total = (n.total_mem_gb * GIB) as u64;
+            let guests: Vec<pb::Guest> = by_node
+                .get(n.name.as_str())
+                .into_iter()
+                .flatten()
+                .map(|g| pb::Guest {
+                    vmid: g.vmid,
+                    kind: match g.kind {
+                        GuestKind::Qemu => pb::GuestKind::Qemu as i32,
+                        GuestKind::Lxc => pb::GuestKind::Lxc as i32,
+                    },
+                    name: g.name.clone(),
+                    status: g.status.clone(),
+                    cpu_fraction: g.cpu_percent / 100.0,
+                    vcpus: f64::from(g.cpu_cores),
+                    mem_used_bytes: (g.mem_used_gb * GIB) as u64,
+                    mem_max_bytes: (g.mem_max_gb * GIB) as u64,
+                    disk_read_bps: g.disk_read_bps,
+                    disk_write_bps: g.disk_write_bps,
+                    net_in_bps: g.net_in_bps,
+                    net_out_bps: g.net_out_bps,
+                    tags: g.tags.clone(),
+                    ha_managed: g.ha_managed,
+                    lock: g.lock.clone().unwrap_or_default(),
+                    template: g.template,
+                    passthrough: g.passthrough,
+                    unshared_bind_mount: g.unshared_bind_mount,
+                    storages: g.storages.clone(),
+                    config_known: true,
+                    ..Default::default()
+                })
+                .collect();
+            let committed: u64 = guests
+                .iter()
+                .filter(|g| g.status == "running")
+                .map(|g| g.mem_max_bytes)
+                .sum();
+            pb::NodeSnapshot {
+                schema_version: SCHEMA_VERSION,
+                cluster: view.cluster.clone(),
+                node: n.name.clone(),
+                cycle,
+                observed_at_unix_ms: at_ms,
+                status: pb::NodeStatus::Online as i32,
+                cpu_fraction: n.current.cpu / 100.0,
+                cpu_threads: n.cpu_cores,
+                iowait_fraction: Some(n.current.iowait / 100.0),
+                load_average: vec![1.0, 1.0, 1.0],
+                mem_used_bytes: (n.current.mem / 100.0 * total as f64) as u64,
+                mem_total_bytes: total,
+                committed_mem_bytes: committed,
+                overcommit_ratio: committed as f64 / total as f64,
+                storages: n
+                    .storage
+                    .iter()
+                    .map(|s| pb::Storage {
+                        id: s.id.clone(),
+                        r#type: "rbd".into(),
+                        shared: s.shared,
+                        active: s.active,
+                        total_bytes: 1 << 40,
+                        used_bytes: ((1u64 << 40) as f64 * s.usage_pct / 100.0) as u64,
+                        content: "images".into(),
+                    })
+                    .collect(),
+                guests,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+fn status(view: &ClusterView, cycle: u64, at_ms: i64) -> pb::ClusterStatus {
+    pb::ClusterStatus {
+        schema_version: SCHEMA_VERSION,
+        cluster: view.cluster.clone(),
+        cycle,
+        collected_at_unix_ms: at_ms,
+        nodes: view
+            .nodes
+            .iter()
+            .map(|n| pb::ClusterNode {
+                node: n.name.clone(),
+                status: pb::NodeStatus::Online as i32,
+                ..Default::default()
+            })
+            .collect(),
+        quorate: true,
+        ..Default::default()
+    }
+}
+
+fn now_ms() -> i64 {
+    proxbalance_recommender::service::wall_ms()
+}
+
+/// Publishes with acknowledgements, `window` publishes in flight.
+async fn publish_all(js: &async_nats::jetstream::Context, msgs: Vec<(String, String, Vec<u8>)>) {
+    let mut pending = std::collections::VecDeque::new();
+    for (subject, id, payload) in msgs {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(headers::MSG_ID, id.as_str());
+        let ack = js
+            .publish_with_headers(subject, h, payload.into())
+            .await
+            .expect("publish");
+        pending.push_back(ack);
+        if pending.len() >= 512 {
+            pending.pop_front().expect("ack").await.expect("acked");
+        }
+    }
+    for ack in pending {
+        ack.await.expect("acked");
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; prints figures"]
+async fn ingest_throughput() {
+    let nats = NatsServer::start().expect("nats");
+    let nc = async_nats::connect(nats.url()).await.expect("connect");
+    Publisher::new(
+        nc.clone(),
+        Subjects::default(),
+        &StreamLimits::default(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("streams");
+    let js = async_nats::jetstream::new(nc);
+    let subjects = Subjects::default();
+    // 200 nodes × 30 guests, 150 cycles = 30,000 snapshots; no cluster status, so the figure is
+    // ingest alone (no recomputation).
+    let view = cluster_view(200, 6000, 9);
+    let cycles = 150u64;
+    let start = now_ms() - 3_600_000;
+    let mut msgs = Vec::new();
+    let mut bytes = 0usize;
+    for c in 1..=cycles {
+        for s in snapshots(&view, c, start + c as i64 * 10_000) {
+            let payload = proxbalance_proto::encode(&s);
+            bytes += payload.len();
+            msgs.push((
+                subjects.snapshot(&s.cluster, &s.node),
+                headers::snapshot_msg_id(&s.cluster, &s.node, c),
+                payload,
+            ));
+        }
+    }
+    let total = msgs.len();
+    let t = Instant::now();
+    publish_all(&js, msgs).await;
+    println!(
+        "published {total} snapshots ({:.0} bytes each on average) in {:.2} s",
+        bytes as f64 / total as f64,
+        t.elapsed().as_secs_f64()
+    );
+
+    let mut cfg = Config::default();
+    cfg.nats.url = nats.url();
+    cfg.grpc.listen = "127.0.0.1:0".into();
+    let token = CancellationToken::new();
+    let t = Instant::now();
+    let svc = proxbalance_recommender::start(cfg, token.clone())
+        .await
+        .expect("start");
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    while !svc.shared().ready.load(Ordering::Acquire) {
+        tick.tick().await;
+    }
+    let elapsed = t.elapsed().as_secs_f64();
+    println!(
+        "ingest (replay through an ordered consumer into applied state): {total} snapshots of 30 guests in {elapsed:.2} s = {:.0} snapshots/s",
+        total as f64 / elapsed
+    );
+    token.cancel();
+    svc.wait().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; prints figures"]
+async fn get_recommendations_latency() {
+    let nats = NatsServer::start().expect("nats");
+    let nc = async_nats::connect(nats.url()).await.expect("connect");
+    Publisher::new(
+        nc.clone(),
+        Subjects::default(),
+        &StreamLimits::default(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("streams");
+    let js = async_nats::jetstream::new(nc);
+    let subjects = Subjects::default();
+
+    let mut cfg = Config::default();
+    cfg.nats.url = nats.url();
+    cfg.grpc.listen = "127.0.0.1:0".into();
+    let token = CancellationToken::new();
+    let svc = proxbalance_recommender::start(cfg, token.clone())
+        .await
+        .expect("start");
+    let addr = format!("http://{}", svc.grpc_addr());
+    let client = pb::recommender_client::RecommenderClient::connect(addr.clone())
+        .await
+        .expect("client")
+        .max_decoding_message_size(256 << 20);
+    let mut watch = client
+        .clone()
+        .watch_recommendations(pb::WatchRecommendationsRequest {
+            cluster: String::new(),
+            every_recompute: true,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+
+    let view = cluster_view(64, 4000, 42);
+    let at = now_ms();
+    let mut msgs: Vec<(String, String, Vec<u8>)> = snapshots(&view, 1, at)
+        .iter()
+        .map(|s| {
+            (
+                subjects.snapshot(&s.cluster, &s.node),
+                headers::snapshot_msg_id(&s.cluster, &s.node, 1),
+                proxbalance_proto::encode(s),
+            )
+        })
+        .collect();
+    let st = status(&view, 1, at);
+    msgs.push((
+        subjects.cluster_status(&st.cluster),
+        headers::cluster_status_msg_id(&st.cluster, 1),
+        proxbalance_proto::encode(&st),
+    ));
+    let t = Instant::now();
+    publish_all(&js, msgs).await;
+    let first = watch.message().await.expect("watch").expect("open");
+    let set = first.recommendations.expect("set");
+    println!(
+        "64 nodes / 4000 guests: published and recomputed in {:.0} ms; {} recommendations, {} bytes encoded",
+        t.elapsed().as_secs_f64() * 1000.0,
+        set.recommendations.len(),
+        prost::Message::encoded_len(&set)
+    );
+
+    for clients in [1usize, 8, 64] {
+        let per_client = if clients == 1 { 200 } else { 50 };
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let mut c = pb::recommender_client::RecommenderClient::connect(addr.clone())
+                .await
+                .expect("client")
+                .max_decoding_message_size(256 << 20);
+            let cluster = view.cluster.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_client);
+                for _ in 0..per_client {
+                    let t = Instant::now();
+                    let r = c
+                        .get_recommendations(pb::GetRecommendationsRequest {
+                            cluster: cluster.clone(),
+                            ..Default::default()
+                        })
+                        .await
+                        .expect("get");
+                    lat.push(t.elapsed());
+                    assert!(r.into_inner().set.is_some());
+                }
+                lat
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.expect("task"));
+        }
+        let wall = started.elapsed();
+        all.sort();
+        let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+        println!(
+            "GetRecommendations, {clients} concurrent clients × {per_client} calls (client and server in one process, 2 cores): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {:.0} calls/s",
+            pct(0.50).as_secs_f64() * 1000.0,
+            pct(0.99).as_secs_f64() * 1000.0,
+            all.last().expect("some").as_secs_f64() * 1000.0,
+            all.len() as f64 / wall.as_secs_f64()
+        );
+    }
+    // The set converts back losslessly (what the CLI prints).
+    assert!(convert::set_from_proto(&set).is_ok());
+    token.cancel();
+    svc.wait().await.expect("stop");
+}
+
+#[test]
+#[ignore = "benchmark; prints figures"]
+fn memory_per_tracked_node() {
+    let settings = StateSettings {
+        subjects: Subjects::default(),
+        staleness_ms: 120_000,
+        overload: Default::default(),
+        config: Default::default(),
+        thresholds: Default::default(),
+    };
+    let window = State::new(settings.clone()).window_bytes_per_node();
+    println!("window state per node (rings allocated, raw samples at capacity): {window} bytes");
+    for guests_per_node in [0usize, 30] {
+        let nodes = 2000usize;
+        let view = cluster_view(nodes, nodes * guests_per_node, 5);
+        let mut state = State::new(settings.clone());
+        let start = now_ms() - 3_600_000;
+        let template = snapshots(&view, 1, start);
+        let before = rss_bytes();
+        // 400 cycles at 10 s: more than the raw window holds, so every ring is in use.
+        for c in 0..400u64 {
+            for s in &template {
+                let mut s = s.clone();
+                s.cycle = c + 1;
+                s.observed_at_unix_ms = start + c as i64 * 10_000;
+                state.apply_snapshot(s);
+            }
+        }
+        let after = rss_bytes();
+        let guest_bytes: usize = snapshots(&view, 1, start)
+            .iter()
+            .map(|s| {
+                s.guests
+                    .iter()
+                    .map(prost::Message::encoded_len)
+                    .sum::<usize>()
+            })
+            .sum();
+        println!(
+            "{nodes} nodes × {guests_per_node} guests after 400 cycles: resident set grew {:.1} KiB per node (guests' encoded size {:.1} KiB per node)",
+            (after.saturating_sub(before)) as f64 / nodes as f64 / 1024.0,
+            guest_bytes as f64 / nodes as f64 / 1024.0
+        );
+        drop(state);
+    }
+}
