@@ -57,6 +57,9 @@ pub struct Config {
     /// The engine configuration every cluster is planned with.
     #[serde(default)]
     pub engine: EngineConfig,
+    /// Log format and the opt-in OTLP trace export.
+    #[serde(default)]
+    pub telemetry: proxbalance_runtime::TelemetryConfig,
 }
 
 /// NATS settings.
@@ -67,8 +70,24 @@ pub struct NatsConfig {
     pub url: String,
     /// Time to wait for the initial connection, ms.
     pub connect_timeout_ms: u64,
-    /// A NATS credentials file (JWT + nkey), if the server requires it.
+    /// A NATS credentials file (JWT + nkey seed), for servers with an operator.
     pub credentials_file: Option<PathBuf>,
+    /// User name for user/password login (with `password_file` or `password_env`).
+    pub user: Option<String>,
+    /// File holding the password of `user` (e.g. a systemd credential).
+    pub password_file: Option<PathBuf>,
+    /// Name of the environment variable holding the password of `user`.
+    pub password_env: Option<String>,
+    /// File holding the nkey seed (`SU…`) for nkey login.
+    pub nkey_seed_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the server's certificate (requires TLS).
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with `tls_key_file`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Refuse a server without TLS even when no CA file is given.
+    pub tls_required: bool,
     /// Subject prefix shared with the collector.
     pub subject_prefix: String,
     /// Time to wait for an event publish acknowledgement, ms.
@@ -86,6 +105,14 @@ impl Default for NatsConfig {
             url: conn.url,
             connect_timeout_ms: conn.connect_timeout_ms,
             credentials_file: conn.credentials_file,
+            user: None,
+            password_file: None,
+            password_env: None,
+            nkey_seed_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
             subject_prefix: proxbalance_proto::subjects::DEFAULT_PREFIX.into(),
             publish_timeout_ms: 5000,
             events_max_age_s: 86_400,
@@ -101,6 +128,14 @@ impl NatsConfig {
             url: self.url.clone(),
             connect_timeout_ms: self.connect_timeout_ms,
             credentials_file: self.credentials_file.clone(),
+            user: self.user.clone(),
+            password_file: self.password_file.clone(),
+            password_env: self.password_env.clone(),
+            nkey_seed_file: self.nkey_seed_file.clone(),
+            tls_ca_file: self.tls_ca_file.clone(),
+            tls_cert_file: self.tls_cert_file.clone(),
+            tls_key_file: self.tls_key_file.clone(),
+            tls_required: self.tls_required,
         }
     }
 }
@@ -113,6 +148,16 @@ pub struct GrpcConfig {
     pub listen: String,
     /// Longest wait for open calls to finish at shutdown, ms.
     pub shutdown_timeout_ms: u64,
+    /// PEM certificate (chain) of the server; with `tls_key_file` the server speaks TLS only.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA whose client certificates are required (mutual TLS); needs `tls_cert_file`.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// File holding the bearer token every call but health must carry.
+    pub token_file: Option<PathBuf>,
+    /// Name of the environment variable holding the bearer token (instead of `token_file`).
+    pub token_env: Option<String>,
 }
 
 impl Default for GrpcConfig {
@@ -120,6 +165,11 @@ impl Default for GrpcConfig {
         Self {
             listen: "127.0.0.1:50051".into(),
             shutdown_timeout_ms: 5000,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            token_file: None,
+            token_env: None,
         }
     }
 }
@@ -267,10 +317,44 @@ impl Config {
         if self.nats.publish_timeout_ms == 0 {
             return Err(invalid("nats.publish_timeout_ms", "expected > 0"));
         }
+        self.nats.connection().validate().map_err(|e| match e {
+            proxbalance_runtime::RuntimeError::Invalid { field, detail } => {
+                ConfigError::Invalid { field, detail }
+            }
+            other => ConfigError::Load(other),
+        })?;
         if self.grpc.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
                 "grpc.listen",
                 format!("expected host:port, found {:?}", self.grpc.listen),
+            ));
+        }
+        let g = &self.grpc;
+        match (&g.tls_cert_file, &g.tls_key_file) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "grpc.tls_key_file",
+                    "required with grpc.tls_cert_file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "grpc.tls_cert_file",
+                    "required with grpc.tls_key_file",
+                ));
+            }
+            _ => {}
+        }
+        if g.tls_client_ca_file.is_some() && g.tls_cert_file.is_none() {
+            return Err(invalid(
+                "grpc.tls_client_ca_file",
+                "mutual TLS needs grpc.tls_cert_file and grpc.tls_key_file",
+            ));
+        }
+        if g.token_file.is_some() && g.token_env.is_some() {
+            return Err(invalid(
+                "grpc.token_file",
+                "expected one of token_file and token_env, not both",
             ));
         }
         if self.state.replay_window_s == 0 {

@@ -99,9 +99,23 @@ pub struct PlanArgs {
 /// Where the recommender listens.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
-    /// gRPC address of the recommender (`http://host:port`; `http://` is assumed).
+    /// gRPC address of the recommender (`http://host:port`, or `https://` for TLS; `http://` is
+    /// assumed, `https://` when --ca or --cert is given).
     #[arg(long, value_name = "URL", env = "PROXBALANCE_SERVER")]
     pub server: String,
+    /// PEM CA that signed the recommender's certificate (TLS).
+    #[arg(long, value_name = "FILE", env = "PROXBALANCE_CA")]
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM client certificate for mutual TLS (with --key).
+    #[arg(long, value_name = "FILE", env = "PROXBALANCE_CERT", requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, value_name = "FILE", env = "PROXBALANCE_KEY", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+    /// File holding the bearer token the recommender requires. Without it the token is read
+    /// from the PROXBALANCE_TOKEN environment variable, if set; it is never a command-line value.
+    #[arg(long, value_name = "FILE", env = "PROXBALANCE_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +187,18 @@ pub struct OptionsArgs {
     /// The cluster (with `--server`).
     #[arg(long, requires = "server")]
     pub cluster: Option<String>,
+    /// PEM CA of the recommender's certificate (with `--server`).
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM client certificate for mutual TLS (with `--server` and `--key`).
+    #[arg(long, value_name = "FILE", requires_all = ["server", "key"])]
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key of `--cert`.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+    /// File holding the bearer token (else PROXBALANCE_TOKEN; never a command-line value).
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub token_file: Option<std::path::PathBuf>,
     /// The guest to score.
     #[arg(long)]
     pub vmid: u32,
@@ -250,6 +276,10 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
             (None, Some(server), Some(cluster)) => online::options(
                 &ServerArgs {
                     server: server.clone(),
+                    ca: args.ca.clone(),
+                    cert: args.cert.clone(),
+                    key: args.key.clone(),
+                    token_file: args.token_file.clone(),
                 },
                 cluster,
                 args.vmid,

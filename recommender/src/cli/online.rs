@@ -27,25 +27,110 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(CliError::Output)
 }
 
-/// `http://` is assumed when the URL has no scheme.
-fn endpoint(server: &str) -> String {
-    if server.contains("://") {
-        server.to_owned()
+/// The scheme is `http://` when the URL has none, or `https://` when TLS files are given.
+fn endpoint(server: &ServerArgs) -> String {
+    if server.server.contains("://") {
+        server.server.clone()
+    } else if server.ca.is_some() || server.cert.is_some() {
+        format!("https://{}", server.server)
     } else {
-        format!("http://{server}")
+        format!("http://{}", server.server)
     }
 }
 
-async fn connect(server: &ServerArgs) -> Result<RecommenderClient<Channel>, CliError> {
-    let url = endpoint(&server.server);
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
-        .map_err(|e| CliError::Input(format!("--server {url:?}: {e}")))?
-        .connect()
-        .await
-        .map_err(|e| {
-            CliError::Unavailable(format!("cannot reach the recommender at {url}: {e}"))
+fn read_file(path: &std::path::Path, flag: &str) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|e| CliError::Input(format!("{flag} {}: {e}", path.display())))
+}
+
+/// The environment variable the bearer token is read from when --token-file is not given.
+pub const TOKEN_ENV: &str = "PROXBALANCE_TOKEN";
+
+/// Adds `authorization: Bearer <token>` to every call when a token is configured.
+#[derive(Clone)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "BearerToken(***)"
+        } else {
+            "BearerToken(None)"
+        })
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+fn bearer(server: &ServerArgs) -> Result<BearerToken, CliError> {
+    let token = match &server.token_file {
+        Some(path) => proxbalance_runtime::Secret::from_file(path, "--token-file")
+            .map(Some)
+            .map_err(|e| CliError::Input(format!("{}: {}", e.field, e.detail)))?,
+        None => match std::env::var(TOKEN_ENV) {
+            Ok(v) if !v.trim().is_empty() => Some(proxbalance_runtime::Secret::new(v.trim())),
+            _ => None,
+        },
+    };
+    let Some(token) = token else {
+        return Ok(BearerToken(None));
+    };
+    let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        format!("Bearer {}", token.expose()).parse().map_err(|_| {
+            CliError::Input("the bearer token has characters a header cannot carry".into())
         })?;
-    Ok(RecommenderClient::new(channel)
+    value.set_sensitive(true);
+    Ok(BearerToken(Some(value)))
+}
+
+/// A client of the recommender at `--server`, with TLS and the bearer token when configured.
+pub type Client =
+    RecommenderClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
+
+async fn connect(server: &ServerArgs) -> Result<Client, CliError> {
+    let url = endpoint(server);
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|e| {
+            CliError::Input(format!(
+                "--server {:?}: {e}",
+                proxbalance_runtime::redact_url(&url)
+            ))
+        })?
+        // A large cluster's set is several hundred KiB: HTTP/2's default 64 KiB window would make
+        // every response wait for window updates.
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20));
+    if url.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &server.ca {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read_file(
+                ca, "--ca",
+            )?));
+        }
+        if let (Some(cert), Some(key)) = (&server.cert, &server.key) {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read_file(cert, "--cert")?,
+                read_file(key, "--key")?,
+            ));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| CliError::Input(format!("--ca/--cert/--key: {e}")))?;
+    }
+    let interceptor = bearer(server)?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        CliError::Unavailable(format!(
+            "cannot reach the recommender at {}: {e}",
+            proxbalance_runtime::redact_url(&url)
+        ))
+    })?;
+    Ok(RecommenderClient::with_interceptor(channel, interceptor)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE))
 }

@@ -238,6 +238,25 @@ fn documented_keys(example: &str, header: &str) -> BTreeSet<String> {
     keys
 }
 
+/// The `[telemetry]` table of an example names every key of the runtime's `TelemetryConfig`,
+/// each with its environment variable, and shows the defaults.
+fn telemetry_table_documents_every_key(example: &str, env_prefix: &str) {
+    let source = read(&root().join("runtime/src/telemetry.rs"));
+    let fields: BTreeSet<String> = struct_fields(&source, "TelemetryConfig")
+        .into_iter()
+        .collect();
+    assert_eq!(fields.len(), 4, "{fields:?}");
+    assert_eq!(documented_keys(example, "[telemetry]"), fields);
+    for f in &fields {
+        let var = format!("# env: {env_prefix}TELEMETRY__{}", f.to_ascii_uppercase());
+        assert!(example.contains(&var), "missing {var:?}");
+    }
+    let table: toml::Table = toml::from_str(example).unwrap();
+    let shown: proxbalance_runtime::TelemetryConfig =
+        table["telemetry"].clone().try_into().unwrap();
+    assert_eq!(shown, proxbalance_runtime::TelemetryConfig::default());
+}
+
 #[test]
 fn collector_example_is_accepted_and_documents_every_key() {
     let path = deploy().join("collector.example.toml");
@@ -266,8 +285,11 @@ fn collector_example_is_accepted_and_documents_every_key() {
     let top: BTreeSet<String> = struct_fields(&source, "Config").into_iter().collect();
     assert_eq!(
         top,
-        ["nats", "metrics", "clusters"].map(str::to_owned).into()
+        ["nats", "metrics", "clusters", "telemetry"]
+            .map(str::to_owned)
+            .into()
     );
+    telemetry_table_documents_every_key(&example, proxbalance_collector::config::ENV_PREFIX);
 
     // Every [nats] and [metrics] key names its environment variable.
     for (strukt, table) in [("NatsConfig", "NATS"), ("MetricsConfig", "METRICS")] {
@@ -408,18 +430,45 @@ fn systemd_units_start_the_binaries_sandboxed_with_their_credentials() {
         assert_eq!(u["SystemCallFilter"][0], "@system-service", "{name}");
         assert!(one("TimeoutStopSec").ends_with('s'), "{name}");
     }
-    // The collector's secret arrives where the example configuration reads it.
+    // The collector's secrets arrive where the example configuration reads them.
     let u = unit("proxbalance-collector.service");
     let cred = &u["LoadCredential"];
     assert_eq!(
         cred,
-        &vec!["pve-token:/etc/proxbalance/credentials/collector-pve-token".to_owned()]
+        &vec![
+            "pve-token:/etc/proxbalance/credentials/collector-pve-token".to_owned(),
+            "nats-password:/etc/proxbalance/credentials/collector-nats-password".to_owned()
+        ]
     );
     let cfg = CollectorConfig::load(Some(&deploy().join("collector.example.toml"))).unwrap();
     assert_eq!(
         cfg.clusters[0].token_secret_file.as_deref(),
         Some(Path::new(
             "/run/credentials/proxbalance-collector.service/pve-token"
+        ))
+    );
+    // … and it logs in to deploy/nats-server.conf as `collector` with the credential.
+    assert_eq!(cfg.nats.user.as_deref(), Some("collector"));
+    assert_eq!(
+        cfg.nats.password_file.as_deref(),
+        Some(Path::new(
+            "/run/credentials/proxbalance-collector.service/nats-password"
+        ))
+    );
+    let u = unit("proxbalance-recommender.service");
+    assert_eq!(
+        u["LoadCredential"],
+        ["nats-password:/etc/proxbalance/credentials/recommender-nats-password"]
+    );
+    let rcfg = proxbalance_recommender::config::Config::from_toml(&read(
+        &deploy().join("recommender.example.toml"),
+    ))
+    .unwrap();
+    assert_eq!(rcfg.nats.user.as_deref(), Some("recommender"));
+    assert_eq!(
+        rcfg.nats.password_file.as_deref(),
+        Some(Path::new(
+            "/run/credentials/proxbalance-recommender.service/nats-password"
         ))
     );
 }
@@ -450,6 +499,15 @@ fn recommender_example_is_accepted_by_the_recommender() {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     // The port every deployment file uses for gRPC.
     assert_eq!(port_of(&cfg.grpc.listen), 50051);
+    // Every key of the [nats] and [grpc] tables appears (set, or commented out).
+    let source = read(&root().join("recommender/src/config.rs"));
+    let example = read(&path);
+    for (strukt, header) in [("NatsConfig", "[nats]"), ("GrpcConfig", "[grpc]")] {
+        let fields: BTreeSet<String> = struct_fields(&source, strukt).into_iter().collect();
+        assert!(!fields.is_empty(), "{strukt}");
+        assert_eq!(documented_keys(&example, header), fields, "{header}");
+    }
+    telemetry_table_documents_every_key(&example, proxbalance_recommender::config::ENV_PREFIX);
     // The systemd unit starts the recommender with this file's installed path.
     let u = unit("proxbalance-recommender.service");
     assert_eq!(
@@ -500,6 +558,10 @@ fn compose_runs_the_demo_with_valid_configurations() {
     let nats_cmd = command_of(nats);
     assert!(nats_cmd.contains(&"--jetstream".to_owned()), "{nats_cmd:?}");
     assert!(strings(&nats["ports"]).contains(&"4222:4222".to_owned()));
+    // … running deploy/nats-server.conf, so both services must log in.
+    let nats_conf = arg_after(&nats_cmd, "-c").unwrap();
+    assert_eq!(compose_mounts(nats)[&nats_conf], "./nats-server.conf");
+    let nats_password = |var: &str| str_of(&nats["environment"][var], var).to_owned();
 
     // Every other service runs a binary of the image.
     for name in ["pvesim", "collector", "recommender", "cli"] {
@@ -571,6 +633,12 @@ fn compose_runs_the_demo_with_valid_configurations() {
         token["secret"].as_str()
     );
     assert_eq!(cfg.nats.url, "nats://nats:4222");
+    assert_eq!(cfg.nats.user.as_deref(), Some("collector"));
+    let var = cfg.nats.password_env.as_deref().unwrap();
+    assert_eq!(
+        str_of(&collector["environment"][var], var),
+        nats_password("COLLECTOR_PASSWORD")
+    );
     let metrics_port = port_of(cfg.metrics.listen.as_deref().unwrap());
     assert!(strings(&collector["ports"]).contains(&format!("{metrics_port}:{metrics_port}")));
 
@@ -585,6 +653,12 @@ fn compose_runs_the_demo_with_valid_configurations() {
     assert_eq!((grpc, metrics), (50051, 9465));
     let cfg = proxbalance_recommender::config::Config::from_toml(&text).unwrap();
     assert_eq!(cfg.nats.url, "nats://nats:4222");
+    assert_eq!(cfg.nats.user.as_deref(), Some("recommender"));
+    let var = cfg.nats.password_env.as_deref().unwrap();
+    assert_eq!(
+        str_of(&recommender["environment"][var], var),
+        nats_password("RECOMMENDER_PASSWORD")
+    );
     let ports = strings(&recommender["ports"]);
     assert_eq!(
         ports,
@@ -647,6 +721,23 @@ fn volume<'a>(pod: &'a Yaml, name: &str) -> &'a Yaml {
         .unwrap()
 }
 
+/// The key of Secret `proxbalance` that a container sees at `path` (asserting it exists).
+fn secret_key_at(objs: &[Yaml], pod: &Yaml, container: &Yaml, path: &Path) -> String {
+    let (vol, item) = mounted(pod, container, path.to_str().unwrap());
+    let sv = &volume(pod, &vol)["secret"];
+    assert_eq!(sv["secretName"].as_str(), Some("proxbalance"));
+    let entry = sv["items"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|i| i["path"].as_str() == Some(item.as_str()))
+        .unwrap_or_else(|| panic!("{} is not an item of the secret volume", path.display()));
+    let key = str_of(&entry["key"], "key").to_owned();
+    let secret = find(objs, "Secret", "proxbalance");
+    assert!(secret["stringData"][key.as_str()].is_string(), "{key}");
+    key
+}
+
 #[test]
 fn kubernetes_manifests_are_consistent() {
     let objs = k8s_objects();
@@ -692,6 +783,12 @@ fn kubernetes_manifests_are_consistent() {
         .unwrap();
     let secret_key = str_of(&entry["key"], "key");
     assert!(secret["stringData"][secret_key].is_string(), "{secret_key}");
+    // It logs in to NATS as the chart's `collector` user with the Secret's password.
+    assert_eq!(cfg.nats.user.as_deref(), Some("collector"));
+    assert_eq!(
+        secret_key_at(&objs, pod, c, cfg.nats.password_file.as_ref().unwrap()),
+        "collector-nats-password"
+    );
     // Metrics: config port = container port = scrape annotation = Service target.
     let metrics = port_of(cfg.metrics.listen.as_deref().unwrap());
     assert_eq!(container_port(c, "metrics"), metrics);
@@ -735,6 +832,12 @@ fn kubernetes_manifests_are_consistent() {
     let cm = find(&objs, "ConfigMap", cm_name);
     let text = str_of(&cm["data"][key.as_str()], "data");
     let (grpc, metrics) = recommender_ports(text, "recommender ConfigMap");
+    let rcfg = proxbalance_recommender::config::Config::from_toml(text).unwrap();
+    assert_eq!(rcfg.nats.user.as_deref(), Some("recommender"));
+    assert_eq!(
+        secret_key_at(&objs, pod, c, rcfg.nats.password_file.as_ref().unwrap()),
+        "recommender-nats-password"
+    );
     assert_eq!(container_port(c, "grpc"), grpc);
     assert_eq!(container_port(c, "metrics"), metrics);
     // Readiness is the gRPC health service on the gRPC port.
@@ -874,6 +977,9 @@ fn nats_chart_values_grant_the_permissions_of_the_server_config() {
 /// `counter!(`, `gauge!(` or `histogram!(` (also `describe_*!`).
 fn registered_metrics() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
+    // Names declared as `const NAME: &str = "proxbalance_…"`, kept when a macro names the const.
+    let mut consts: Vec<(String, String)> = Vec::new();
+    let mut sources = String::new();
     for dir in ["collector/src", "recommender/src", "runtime/src"] {
         let mut stack = vec![root().join(dir)];
         while let Some(d) = stack.pop() {
@@ -886,6 +992,18 @@ fn registered_metrics() -> BTreeSet<String> {
                     stack.push(p);
                 } else if p.extension().is_some_and(|x| x == "rs") {
                     let text = read(&p);
+                    for line in text.lines() {
+                        let Some(rest) = line.trim().strip_prefix("pub const ") else {
+                            continue;
+                        };
+                        if let Some((name, value)) = rest.split_once(": &str = \"")
+                            && let Some(value) = value.strip_suffix("\";")
+                            && value.starts_with("proxbalance_")
+                        {
+                            consts.push((name.to_owned(), value.to_owned()));
+                        }
+                    }
+                    sources.push_str(&text);
                     for mac in ["counter!(", "gauge!(", "histogram!("] {
                         for (i, _) in text.match_indices(mac) {
                             let rest = &text[i + mac.len()..];
@@ -899,6 +1017,19 @@ fn registered_metrics() -> BTreeSet<String> {
                     }
                 }
             }
+        }
+    }
+    let compact: String = sources.split_whitespace().collect();
+    for (name, value) in consts {
+        let used = ["counter!(", "gauge!(", "histogram!("].iter().any(|mac| {
+            ["", "metric::"].iter().any(|path| {
+                [',', ')']
+                    .iter()
+                    .any(|end| compact.contains(&format!("{mac}{path}{name}{end}")))
+            })
+        });
+        if used {
+            names.insert(value);
         }
     }
     names
@@ -955,16 +1086,22 @@ fn grafana_dashboard_queries_only_registered_metrics() {
             i = end;
         }
     }
-    // Every collector metric has a panel.
-    let collector: BTreeSet<String> = registered
-        .iter()
-        .filter(|n| n.starts_with("proxbalance_collector_"))
-        .cloned()
-        .collect();
-    assert_eq!(
-        collector.difference(&used).collect::<Vec<_>>(),
-        Vec::<&String>::new()
+    // Every metric of both services has a panel.
+    assert!(
+        registered.contains("proxbalance_recommender_recompute_duration_seconds"),
+        "{registered:?}"
     );
+    for service in ["proxbalance_collector_", "proxbalance_recommender_"] {
+        let metrics: BTreeSet<String> = registered
+            .iter()
+            .filter(|n| n.starts_with(service))
+            .cloned()
+            .collect();
+        assert_eq!(
+            metrics.difference(&used).collect::<Vec<_>>(),
+            Vec::<&String>::new()
+        );
+    }
     // Every panel queries the data source variable.
     for p in dash["panels"].as_array().unwrap() {
         if p["type"] != "row" {

@@ -2,6 +2,9 @@
 //! as shipped, except for its port (random), monitoring port (random) and JetStream store
 //! directory (temporary), with the secrets it reads from the environment.
 //!
+//! - the real collector and recommender (`run`/`start`, in-process, against pvesim) log in with
+//!   the settings of their configuration — user with a password file, or an nkey seed file —
+//!   and carry a cycle from the PVE API to gRPC and to an event consumer;
 //! - the collector, through its own connection code and publisher, creates its streams and
 //!   publishes with acknowledgement, and is refused every other subject;
 //! - the recommender reads the snapshot and the history, creates the events stream and
@@ -25,6 +28,7 @@ use proxbalance_e2e::{HarnessError, NatsServer};
 use proxbalance_proto::headers;
 use proxbalance_proto::subjects::{EVENTS_STREAM, HISTORY_STREAM, SNAPSHOTS_STREAM, Subjects};
 use proxbalance_proto::v1::{NodeHistory, NodeSnapshot, OverloadEvent};
+use proxbalance_recommender::Config as RecommenderConfig;
 use tokio::sync::mpsc;
 
 const COLLECTOR_PASSWORD: &str = "collector-test-secret";
@@ -202,6 +206,27 @@ fn overload_event() -> OverloadEvent {
     }
 }
 
+/// A `[nats]` table that logs in as `user` with a password file (written into `dir`).
+fn password_login(url: &str, user: &str, password: &str, dir: &Path) -> String {
+    let file = dir.join(format!("{user}-nats-password"));
+    // Trailing newline as `echo` writes it: the services strip it.
+    std::fs::write(&file, format!("{password}\n")).unwrap();
+    format!(
+        "[nats]\nurl = {url:?}\nuser = {user:?}\npassword_file = {:?}\n",
+        file.display().to_string()
+    )
+}
+
+/// A `[nats]` table that logs in with an nkey seed file (written into `dir`).
+fn nkey_login(url: &str, name: &str, seed: &str, dir: &Path) -> String {
+    let file = dir.join(format!("{name}.nkey"));
+    std::fs::write(&file, seed).unwrap();
+    format!(
+        "[nats]\nurl = {url:?}\nnkey_seed_file = {:?}\n",
+        file.display().to_string()
+    )
+}
+
 /// The stream limits come from the collector's defaults.
 const COLLECTOR_TOML: &str = r#"
 [[clusters]]
@@ -218,19 +243,25 @@ async fn each_account_gets_exactly_its_rights() {
     let subjects = Subjects::default();
 
     // ---------------------------------------------------------------- collector
-    // The collector's configuration has no user/password or nkey settings yet (only a JWT
-    // credentials file, which a server without an operator ignores), so the connection is made
-    // here; stream creation and publishing are the collector's own code.
+    // Logged in with the collector's own settings (user + password file) and connection code;
+    // stream creation and publishing are the collector's own code too.
+    let secrets = tempfile::tempdir().unwrap();
+    let collector_cfg = CollectorConfig::from_toml(&format!(
+        "{}{COLLECTOR_TOML}",
+        password_login(&url, "collector", COLLECTOR_PASSWORD, secrets.path())
+    ))
+    .unwrap();
     let (collector, mut collector_errors) = connect(
-        ConnectOptions::with_user_and_password("collector".into(), COLLECTOR_PASSWORD.into())
-            .name("proxbalance-collector"),
+        proxbalance_runtime::nats_connect_options(
+            &collector_cfg.nats.connection(),
+            "proxbalance-collector",
+        )
+        .await
+        .unwrap(),
         &url,
     )
     .await;
-    let limits = CollectorConfig::from_toml(COLLECTOR_TOML)
-        .unwrap()
-        .nats
-        .stream_limits();
+    let limits = collector_cfg.nats.stream_limits();
     // Creates PROXBALANCE_SNAPSHOTS and PROXBALANCE_HISTORY (STREAM.INFO, then STREAM.CREATE).
     let publisher = Publisher::new(
         collector.clone(),
@@ -308,8 +339,20 @@ async fn each_account_gets_exactly_its_rights() {
     events.flush().await.unwrap();
 
     // ---------------------------------------------------------------- recommender
+    let recommender_cfg = RecommenderConfig::from_toml(&password_login(
+        &url,
+        "recommender",
+        RECOMMENDER_PASSWORD,
+        secrets.path(),
+    ))
+    .unwrap();
     let (recommender, mut recommender_errors) = connect(
-        ConnectOptions::with_user_and_password("recommender".into(), RECOMMENDER_PASSWORD.into()),
+        proxbalance_runtime::nats_connect_options(
+            &recommender_cfg.nats.connection(),
+            "proxbalance-recommender",
+        )
+        .await
+        .unwrap(),
         &url,
     )
     .await;
@@ -542,4 +585,246 @@ fn the_secrets_are_required_to_start() {
         ),
         other => panic!("expected ConfigRejected, got {other}"),
     }
+}
+
+// ------------------------------------------------------------------------ the real services
+
+const DEMO: &str = include_str!("../../../deploy/demo-scenario.toml");
+const PVE_TOKEN_ID: &str = "proxbalance@pve!collector";
+const PVE_TOKEN_SECRET: &str = "5f0c8a8e-2b1d-4c3e-9a77-0d1e2f3a4b5c";
+
+/// The shipped file with the `collector` and `recommender` users switched to nkey login, as the
+/// file's header describes (the permissions stay the same).
+fn nkey_variant(dir: &Path) -> PathBuf {
+    let path = shipped_config(dir);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = replace_once(
+        &text,
+        "{ user: collector, password: $COLLECTOR_PASSWORD, permissions: $COLLECTOR_PERMISSIONS }",
+        "{ nkey: $COLLECTOR_NKEY, permissions: $COLLECTOR_PERMISSIONS }",
+    );
+    let text = replace_once(
+        &text,
+        "{ user: recommender, password: $RECOMMENDER_PASSWORD, permissions: $RECOMMENDER_PERMISSIONS }",
+        "{ nkey: $RECOMMENDER_NKEY, permissions: $RECOMMENDER_PERMISSIONS }",
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs the collector (`run`) and the recommender (`start`) with the given `[nats]` tables
+/// against pvesim and the server at `url`, and checks that one cycle travels from the PVE API
+/// to gRPC and, as `RecommendationsChanged`, to the event consumer logged in with `events_seed`.
+/// Then checks, through connections made with the services' own settings, that each is refused
+/// a subject outside its rights.
+async fn run_services(
+    url: &str,
+    collector_nats: &str,
+    recommender_nats: &str,
+    events_seed: &str,
+    dir: &Path,
+) {
+    proxbalance_runtime::install_crypto_provider();
+    let mut scenario = pvesim::Scenario::from_toml_str(DEMO).unwrap();
+    scenario.cluster.acceleration = 0.0;
+    let sim = pvesim::Simulator::start(scenario, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let token_file = dir.join("pve-token");
+    std::fs::write(&token_file, PVE_TOKEN_SECRET).unwrap();
+    let collector_cfg = CollectorConfig::from_toml(&format!(
+        "{collector_nats}\n[[clusters]]\nname = \"demo\"\nendpoints = [\"https://{}\"]\ntoken_id = {PVE_TOKEN_ID:?}\ntoken_secret_file = {:?}\nfingerprint = {:?}\ninterval_s = 0.5\n",
+        sim.local_addr(),
+        token_file.display().to_string(),
+        sim.fingerprint_sha256(),
+    ))
+    .unwrap();
+    let recommender_cfg = RecommenderConfig::from_toml(&format!(
+        "{recommender_nats}\n[grpc]\nlisten = \"127.0.0.1:0\"\n"
+    ))
+    .unwrap();
+
+    // The event consumer listens before anything happens.
+    let (events, _events_errors) = connect(
+        ConnectOptions::with_nkey(events_seed.to_owned()).custom_inbox_prefix("_INBOX_events"),
+        url,
+    )
+    .await;
+    let mut live = events
+        .subscribe("proxbalance.v1.event.recommendations.demo")
+        .await
+        .unwrap();
+    events.flush().await.unwrap();
+
+    // The collector's streams exist before the recommender starts (made by the collector's own
+    // connection and publisher code), and the recommender's replay of them — empty — ends
+    // before the first cycle: a cycle applied while replaying is recomputed without an event.
+    let nc = proxbalance_collector::app::connect_nats(&collector_cfg)
+        .await
+        .unwrap();
+    Publisher::new(
+        nc,
+        Subjects::default(),
+        &collector_cfg.nats.stream_limits(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let recommender = proxbalance_recommender::start(recommender_cfg.clone(), shutdown.clone())
+        .await
+        .unwrap();
+    let mut notices = recommender.shared().changes.subscribe();
+    // `ready` has no notification of its own; it turns true within milliseconds.
+    tokio::time::timeout(WAIT, async {
+        while !recommender
+            .shared()
+            .ready
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the recommender's replay did not end");
+    let grpc_addr = recommender.grpc_addr();
+    let collector = tokio::spawn(proxbalance_collector::run(
+        collector_cfg.clone(),
+        shutdown.clone(),
+    ));
+
+    // The first recomputation of the demo cluster changes the (empty) set of moves.
+    let notice = tokio::time::timeout(WAIT, notices.recv())
+        .await
+        .expect("no recomputation within the wait")
+        .unwrap();
+    assert!(notice.changed);
+    assert_eq!(notice.event.cluster, "demo");
+    let mut added = notice.event.added_vmids.clone();
+    added.sort_unstable();
+    assert!(!added.is_empty());
+
+    // gRPC serves that set.
+    let mut client = proxbalance_proto::v1::recommender_client::RecommenderClient::connect(
+        format!("http://{grpc_addr}"),
+    )
+    .await
+    .unwrap();
+    let set = client
+        .get_recommendations(proxbalance_proto::v1::GetRecommendationsRequest {
+            cluster: "demo".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .set
+        .unwrap();
+    let mut vmids: Vec<u32> = set.recommendations.iter().map(|r| r.vmid).collect();
+    vmids.sort_unstable();
+    assert_eq!(vmids, added);
+
+    // The event reached the consumer through the server's permissions.
+    let msg = tokio::time::timeout(WAIT, live.next())
+        .await
+        .expect("no event within the wait")
+        .unwrap();
+    assert_eq!(
+        msg.subject.as_str(),
+        "proxbalance.v1.event.recommendations.demo"
+    );
+    let got: proxbalance_proto::v1::RecommendationsChanged =
+        proxbalance_proto::decode(&msg.payload).unwrap();
+    assert_eq!(got.added_vmids, notice.event.added_vmids);
+
+    // With the same settings, each service is refused what its account may not do.
+    let (c, mut c_errors) = connect(
+        proxbalance_runtime::nats_connect_options(&collector_cfg.nats.connection(), "probe")
+            .await
+            .unwrap(),
+        url,
+    )
+    .await;
+    assert_publish_refused(
+        &c,
+        &mut c_errors,
+        &[
+            "proxbalance.v1.event.recommendations.demo",
+            "$JS.API.STREAM.DELETE.PROXBALANCE_SNAPSHOTS",
+        ],
+    )
+    .await;
+    let (r, mut r_errors) = connect(
+        proxbalance_runtime::nats_connect_options(&recommender_cfg.nats.connection(), "probe")
+            .await
+            .unwrap(),
+        url,
+    )
+    .await;
+    assert_publish_refused(
+        &r,
+        &mut r_errors,
+        &[
+            "proxbalance.v1.snapshot.demo.pve1",
+            "$JS.API.STREAM.DELETE.PROXBALANCE_SNAPSHOTS",
+        ],
+    )
+    .await;
+
+    shutdown.cancel();
+    collector.await.unwrap().unwrap();
+    recommender.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_real_services_log_in_with_password_files() {
+    let deployed = deploy();
+    let dir = tempfile::tempdir().unwrap();
+    let url = deployed.server.url();
+    run_services(
+        &url,
+        &password_login(&url, "collector", COLLECTOR_PASSWORD, dir.path()),
+        &password_login(&url, "recommender", RECOMMENDER_PASSWORD, dir.path()),
+        &deployed.events_seed,
+        dir.path(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_real_services_log_in_with_nkey_seed_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = nkey_variant(dir.path());
+    let collector_key = nkeys::KeyPair::new_user();
+    let recommender_key = nkeys::KeyPair::new_user();
+    let events_key = nkeys::KeyPair::new_user();
+    let server = NatsServer::start_with_config(
+        &conf,
+        None,
+        &[
+            ("COLLECTOR_NKEY", &collector_key.public_key()),
+            ("RECOMMENDER_NKEY", &recommender_key.public_key()),
+            ("EVENTS_NKEY", &events_key.public_key()),
+        ],
+    )
+    .unwrap();
+    let url = server.url();
+    run_services(
+        &url,
+        &nkey_login(
+            &url,
+            "collector",
+            &collector_key.seed().unwrap(),
+            dir.path(),
+        ),
+        &nkey_login(
+            &url,
+            "recommender",
+            &recommender_key.seed().unwrap(),
+            dir.path(),
+        ),
+        &events_key.seed().unwrap(),
+        dir.path(),
+    )
+    .await;
 }
