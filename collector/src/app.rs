@@ -7,11 +7,13 @@ use proxbalance_proto::subjects::Subjects;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::config::{Config, ConfigError};
 use crate::cycle::ClusterCollector;
 use crate::publisher::{PublishError, Publisher};
 use crate::pve::PveClient;
+use crate::retry::RetryBuffer;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -19,10 +21,10 @@ pub enum RunError {
     /// The configuration is unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// NATS could not be reached.
+    /// NATS could not be reached or refused the login.
     #[error("cannot connect to NATS at {url}: {detail}")]
     Connect {
-        /// The configured URL.
+        /// The configured URL, user-info redacted.
         url: String,
         /// The client's error.
         detail: String,
@@ -37,16 +39,24 @@ pub fn install_crypto_provider() {
     proxbalance_runtime::install_crypto_provider();
 }
 
-/// Connects to NATS with the configured options.
+/// Connects to NATS with the configured options. The URL in an error has its user-info
+/// redacted; a setting that cannot be used (an unreadable password file, a bad seed) is a
+/// configuration error naming its key.
 pub async fn connect_nats(config: &Config) -> Result<async_nats::Client, RunError> {
+    use proxbalance_runtime::RuntimeError;
     proxbalance_runtime::connect_nats(&config.nats.connection(), "proxbalance-collector")
         .await
         .map_err(|e| match e {
-            proxbalance_runtime::RuntimeError::Connect { url, detail } => {
-                RunError::Connect { url, detail }
+            RuntimeError::Connect { url, detail } => RunError::Connect { url, detail },
+            RuntimeError::Invalid { field, detail } => {
+                RunError::Config(ConfigError::Invalid { field, detail })
             }
+            RuntimeError::Secret(e) => RunError::Config(ConfigError::Invalid {
+                field: e.field,
+                detail: e.detail,
+            }),
             other => RunError::Connect {
-                url: config.nats.url.clone(),
+                url: config.nats.connection().redacted_url(),
                 detail: other.to_string(),
             },
         })
@@ -89,6 +99,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             collector,
             interval,
             publisher.clone(),
+            RetryBuffer::new(config.nats.retry_buffer_messages),
             shutdown.clone(),
         ));
     }
@@ -102,11 +113,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     Ok(())
 }
 
-/// Polls one cluster until shutdown. A cycle in progress is abandoned on shutdown.
+/// Polls one cluster until shutdown. A cycle in progress is abandoned on shutdown. Messages
+/// that could not be published wait in `retry` for the next cycle (see
+/// [`Publisher::publish_cycle_buffered`]).
 pub async fn cluster_loop(
     mut collector: ClusterCollector,
     interval: Duration,
     publisher: Publisher,
+    mut retry: RetryBuffer,
     shutdown: CancellationToken,
 ) {
     let cluster = collector.cluster().to_owned();
@@ -118,11 +132,20 @@ pub async fn cluster_loop(
             _ = ticker.tick() => {}
         }
         let started = Instant::now();
+        // One trace per cycle: the PVE requests and the publish are children of this span, and
+        // the published messages carry the publish span's traceparent.
+        let cycle_span = tracing::info_span!("collector.cycle", cluster = %cluster, cycle = tracing::field::Empty);
         let cycle = async {
             let out = collector.collect().await;
-            let report = publisher.publish_cycle(&out).await;
+            tracing::Span::current().record("cycle", out.status.cycle);
+            let publish_span = tracing::info_span!("collector.publish", cluster = %cluster, cycle = out.status.cycle);
+            let report = publisher
+                .publish_cycle_buffered(&out, &mut retry)
+                .instrument(publish_span)
+                .await;
             (out, report)
-        };
+        }
+        .instrument(cycle_span);
         let (out, report) = tokio::select! {
             () = shutdown.cancelled() => break,
             r = cycle => r,
@@ -146,6 +169,9 @@ pub async fn cluster_loop(
             api_requests = out.status.api_requests,
             published = report.published,
             failed = report.failed,
+            retried = report.retried,
+            buffered = report.buffered,
+            dropped = report.dropped,
             elapsed_ms = elapsed.as_millis() as u64,
             "cycle done"
         );

@@ -54,6 +54,9 @@ pub struct Config {
     /// The PVE clusters to poll.
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+    /// Log format and the opt-in OTLP trace export.
+    #[serde(default)]
+    pub telemetry: proxbalance_runtime::TelemetryConfig,
 }
 
 /// NATS settings.
@@ -66,10 +69,29 @@ pub struct NatsConfig {
     pub subject_prefix: String,
     /// Time to wait for a publish acknowledgement.
     pub publish_timeout_ms: u64,
+    /// Most messages per cluster kept for re-publishing after a failed publish or
+    /// acknowledgement (0 keeps none); beyond it the oldest are dropped and counted.
+    pub retry_buffer_messages: usize,
     /// Time to wait for the initial connection.
     pub connect_timeout_ms: u64,
-    /// A NATS credentials file (JWT + nkey), if the server requires it.
+    /// A NATS credentials file (JWT + nkey seed), for servers with an operator.
     pub credentials_file: Option<PathBuf>,
+    /// User name for user/password login (with `password_file` or `password_env`).
+    pub user: Option<String>,
+    /// File holding the password of `user` (e.g. a systemd credential).
+    pub password_file: Option<PathBuf>,
+    /// Name of the environment variable holding the password of `user`.
+    pub password_env: Option<String>,
+    /// File holding the nkey seed (`SU…`) for nkey login.
+    pub nkey_seed_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the server's certificate (requires TLS).
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with `tls_key_file`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Refuse a server without TLS even when no CA file is given.
+    pub tls_required: bool,
     /// `max_age` of the snapshot stream, seconds.
     pub snapshots_max_age_s: u64,
     /// `max_bytes` of the snapshot stream (-1 = unlimited).
@@ -88,8 +110,17 @@ impl Default for NatsConfig {
             url: "nats://127.0.0.1:4222".into(),
             subject_prefix: proxbalance_proto::subjects::DEFAULT_PREFIX.into(),
             publish_timeout_ms: 5000,
+            retry_buffer_messages: 10_000,
             connect_timeout_ms: 5000,
             credentials_file: None,
+            user: None,
+            password_file: None,
+            password_env: None,
+            nkey_seed_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
             snapshots_max_age_s: 7200,
             snapshots_max_bytes: -1,
             history_max_age_s: 0,
@@ -106,6 +137,14 @@ impl NatsConfig {
             url: self.url.clone(),
             connect_timeout_ms: self.connect_timeout_ms,
             credentials_file: self.credentials_file.clone(),
+            user: self.user.clone(),
+            password_file: self.password_file.clone(),
+            password_env: self.password_env.clone(),
+            nkey_seed_file: self.nkey_seed_file.clone(),
+            tls_ca_file: self.tls_ca_file.clone(),
+            tls_cert_file: self.tls_cert_file.clone(),
+            tls_key_file: self.tls_key_file.clone(),
+            tls_required: self.tls_required,
         }
     }
 
@@ -330,12 +369,28 @@ impl Config {
         if self.nats.publish_timeout_ms == 0 {
             return Err(invalid("nats.publish_timeout_ms".into(), "expected > 0"));
         }
+        self.nats.connection().validate().map_err(|e| match e {
+            proxbalance_runtime::RuntimeError::Invalid { field, detail } => {
+                ConfigError::Invalid { field, detail }
+            }
+            other => invalid("nats".into(), &other.to_string()),
+        })?;
         let mut names = std::collections::BTreeSet::new();
         for (i, c) in self.clusters.iter().enumerate() {
             if c.name.is_empty() || !names.insert(c.name.clone()) {
                 return Err(invalid(
                     format!("clusters[{i}].name"),
                     "expected a non-empty, unique name",
+                ));
+            }
+            if c.endpoints
+                .iter()
+                .any(|e| proxbalance_runtime::secret::url_has_userinfo(e))
+            {
+                // Named without the value: it would carry the credentials.
+                return Err(invalid(
+                    format!("clusters[{i}].endpoints"),
+                    "credentials in the URL are refused; the API token comes from token_secret_file or token_secret_env",
                 ));
             }
             if !(c.interval_s.is_finite() && c.interval_s >= 0.1) {
@@ -412,6 +467,14 @@ fingerprint = "80:D4:F2:DF:64:95:CD:8D:A0:82:82:AC:48:BA:C0:7A:1B:6B:87:8B:FE:B9
         assert_eq!(
             err,
             "configuration, clusters[0].interval_s: expected a number ≥ 0.1"
+        );
+        let err =
+            Config::from_toml(&MINIMAL.replace("https://pve1:8006", "https://root:pw@pve1:8006"))
+                .unwrap_err()
+                .to_string();
+        assert_eq!(
+            err,
+            "configuration, clusters[0].endpoints: credentials in the URL are refused; the API token comes from token_secret_file or token_secret_env"
         );
         let err = Config::from_toml("[nats]\n").unwrap_err().to_string();
         assert_eq!(

@@ -12,6 +12,7 @@ pub mod config;
 pub mod cycle;
 pub mod publisher;
 pub mod pve;
+pub mod retry;
 pub mod snapshot;
 
 pub use app::run;

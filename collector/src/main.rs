@@ -21,11 +21,18 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    proxbalance_runtime::init_logging(cli.json_logs);
     proxbalance_runtime::install_crypto_provider();
     let config = proxbalance_collector::config::Config::load(cli.config.as_deref())?;
+    let telemetry = proxbalance_runtime::init_telemetry(
+        "proxbalance-collector",
+        &config.telemetry,
+        cli.json_logs,
+    )?;
     proxbalance_runtime::start_metrics_exporter(config.metrics.listen.as_deref())?;
     let shutdown = proxbalance_runtime::shutdown_on_signal();
-    proxbalance_collector::app::run(config, shutdown).await?;
+    let result = proxbalance_collector::app::run(config, shutdown).await;
+    // Export the last cycle's spans before leaving, whatever the outcome.
+    telemetry.shutdown().await;
+    result?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use proxbalance_proto::headers;
 use proxbalance_proto::subjects::Subjects;
 
 use crate::cycle::CycleOutput;
+use crate::retry::{PendingMessage, RetryBuffer};
 
 /// Limits of the streams the collector creates when they do not exist.
 #[derive(Debug, Clone)]
@@ -69,10 +70,17 @@ pub enum PublishError {
 /// Outcome of publishing one cycle.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PublishReport {
-    /// Messages acknowledged (including duplicates the server dropped).
+    /// Messages of this cycle acknowledged (including duplicates the server dropped).
     pub published: usize,
-    /// Messages not acknowledged.
+    /// Messages of this cycle not acknowledged (or not attempted because NATS was still
+    /// failing the retries); they went to the retry buffer when it has room.
     pub failed: usize,
+    /// Messages of earlier cycles taken from the retry buffer and acknowledged now.
+    pub retried: usize,
+    /// Messages the retry buffer dropped in this cycle (the oldest, beyond its bound).
+    pub dropped: usize,
+    /// Messages waiting in the retry buffer after this cycle.
+    pub buffered: usize,
 }
 
 /// Publishes the collector's messages.
@@ -205,53 +213,151 @@ impl Publisher {
         }
     }
 
+    /// Publishes a message kept by the retry buffer, with its original id and headers.
+    pub async fn publish_pending(&self, m: &PendingMessage) -> Result<(), PublishError> {
+        self.publish(
+            m.subject.clone(),
+            m.msg_id.clone(),
+            m.message_type,
+            &m.traceparent,
+            m.payload.clone(),
+        )
+        .await
+    }
+
     /// Publishes every message of a cycle: histories, snapshots, then the cluster status
-    /// (so a consumer seeing the status knows the cycle's snapshots are stored).
+    /// (so a consumer seeing the status knows the cycle's snapshots are stored). Failures are
+    /// counted and logged, not retried (see [`Publisher::publish_cycle_buffered`]).
     pub async fn publish_cycle(&self, out: &CycleOutput) -> PublishReport {
-        let trace = new_traceparent();
-        let mut report = PublishReport::default();
-        let record = |r: Result<(), PublishError>, report: &mut PublishReport| match r {
-            Ok(()) => report.published += 1,
-            Err(e) => {
-                tracing::warn!(error = %e, "publish failed");
-                report.failed += 1;
-            }
-        };
+        self.publish_cycle_buffered(out, &mut RetryBuffer::new(0))
+            .await
+    }
+
+    /// The messages of a cycle in publishing order: histories, snapshots, the cluster status.
+    pub fn cycle_messages(&self, out: &CycleOutput) -> Vec<PendingMessage> {
+        // The current span's context when traces are recorded (so the recommender's spans join
+        // the collector's trace), else a fresh random one: every message carries a traceparent.
+        let trace =
+            proxbalance_runtime::telemetry::current_traceparent().unwrap_or_else(new_traceparent);
+        let mut messages = Vec::with_capacity(out.histories.len() + out.snapshots.len() + 1);
         for h in &out.histories {
-            let r = self
-                .publish(
-                    self.subjects.history(&h.cluster, &h.node),
-                    headers::history_msg_id(&h.cluster, &h.node, h.collected_at_unix_ms),
-                    "proxbalance.v1.NodeHistory",
-                    &trace,
-                    proxbalance_proto::encode(h),
-                )
-                .await;
-            record(r, &mut report);
+            messages.push(PendingMessage {
+                subject: self.subjects.history(&h.cluster, &h.node),
+                msg_id: headers::history_msg_id(&h.cluster, &h.node, h.collected_at_unix_ms),
+                message_type: "proxbalance.v1.NodeHistory",
+                traceparent: trace.clone(),
+                payload: proxbalance_proto::encode(h),
+            });
         }
-        let sends = out.snapshots.iter().map(|s| {
-            self.publish(
-                self.subjects.snapshot(&s.cluster, &s.node),
-                headers::snapshot_msg_id(&s.cluster, &s.node, s.cycle),
-                "proxbalance.v1.NodeSnapshot",
-                &trace,
-                proxbalance_proto::encode(s),
-            )
-        });
-        for r in futures_util::future::join_all(sends).await {
-            record(r, &mut report);
+        for s in &out.snapshots {
+            messages.push(PendingMessage {
+                subject: self.subjects.snapshot(&s.cluster, &s.node),
+                msg_id: headers::snapshot_msg_id(&s.cluster, &s.node, s.cycle),
+                message_type: "proxbalance.v1.NodeSnapshot",
+                traceparent: trace.clone(),
+                payload: proxbalance_proto::encode(s),
+            });
         }
         let st = &out.status;
-        let r = self
-            .publish(
-                self.subjects.cluster_status(&st.cluster),
-                headers::cluster_status_msg_id(&st.cluster, st.cycle),
-                "proxbalance.v1.ClusterStatus",
-                &trace,
-                proxbalance_proto::encode(st),
-            )
-            .await;
-        record(r, &mut report);
+        messages.push(PendingMessage {
+            subject: self.subjects.cluster_status(&st.cluster),
+            msg_id: headers::cluster_status_msg_id(&st.cluster, st.cycle),
+            message_type: "proxbalance.v1.ClusterStatus",
+            traceparent: trace,
+            payload: proxbalance_proto::encode(st),
+        });
+        messages
+    }
+
+    /// Publishes what `buffer` holds from earlier cycles, in order, then this cycle's
+    /// messages (histories one by one, snapshots concurrently, the status last).
+    ///
+    /// - While a retried message still fails, the rest of the buffer and the whole cycle go to
+    ///   the buffer unsent: the order of messages is kept and a NATS outage costs one
+    ///   acknowledgement timeout per cycle, not one per message.
+    /// - When one of this cycle's histories or snapshots fails, the cluster status is not
+    ///   sent either but buffered behind it, so a status is never stored before its snapshots.
+    /// - Messages beyond the buffer's capacity are dropped, oldest first, and counted in
+    ///   `proxbalance_collector_retry_dropped_total{cluster}`.
+    pub async fn publish_cycle_buffered(
+        &self,
+        out: &CycleOutput,
+        buffer: &mut RetryBuffer,
+    ) -> PublishReport {
+        let cluster = out.status.cluster.clone();
+        let mut report = PublishReport::default();
+        let mut nats_failing = false;
+        for m in buffer.take() {
+            if !nats_failing {
+                match self.publish_pending(&m).await {
+                    Ok(()) => {
+                        report.retried += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(cluster = %cluster, error = %e, "re-publish failed; keeping the buffered messages");
+                        nats_failing = true;
+                    }
+                }
+            }
+            report.dropped += buffer.push(m);
+        }
+        let mut messages = self.cycle_messages(out);
+        let status = messages.pop();
+        let mut failed = Vec::new();
+        if nats_failing {
+            failed = messages;
+        } else {
+            let histories = out.histories.len();
+            let snapshots = messages.split_off(histories);
+            for m in messages {
+                match self.publish_pending(&m).await {
+                    Ok(()) => report.published += 1,
+                    Err(e) => {
+                        tracing::warn!(cluster = %cluster, error = %e, "publish failed");
+                        failed.push(m);
+                    }
+                }
+            }
+            let sends = snapshots.iter().map(|m| self.publish_pending(m));
+            let results = futures_util::future::join_all(sends).await;
+            for (m, r) in snapshots.into_iter().zip(results) {
+                match r {
+                    Ok(()) => report.published += 1,
+                    Err(e) => {
+                        tracing::warn!(cluster = %cluster, error = %e, "publish failed");
+                        failed.push(m);
+                    }
+                }
+            }
+        }
+        if let Some(status) = status {
+            if failed.is_empty() && !nats_failing {
+                match self.publish_pending(&status).await {
+                    Ok(()) => report.published += 1,
+                    Err(e) => {
+                        tracing::warn!(cluster = %cluster, error = %e, "publish failed");
+                        failed.push(status);
+                    }
+                }
+            } else {
+                failed.push(status);
+            }
+        }
+        report.failed = failed.len();
+        for m in failed {
+            report.dropped += buffer.push(m);
+        }
+        report.buffered = buffer.len();
+        if report.dropped > 0 {
+            tracing::warn!(cluster = %cluster, dropped = report.dropped, capacity = buffer.capacity(), "retry buffer full; oldest messages dropped");
+        }
+        metrics::counter!("proxbalance_collector_retry_dropped_total", "cluster" => cluster.clone())
+            .increment(report.dropped as u64);
+        metrics::counter!("proxbalance_collector_retried_total", "cluster" => cluster.clone())
+            .increment(report.retried as u64);
+        metrics::gauge!("proxbalance_collector_retry_buffer_messages", "cluster" => cluster)
+            .set(report.buffered as f64);
         report
     }
 }

@@ -8,6 +8,18 @@ use crate::v1::{ClusterStatus, NodeHistory, NodeSnapshot};
 /// Largest payload [`decode`] accepts (8 MiB); NATS' default maximum is 1 MiB.
 pub const MAX_PAYLOAD_BYTES: usize = 8 * 1024 * 1024;
 
+/// Most guests one [`NodeSnapshot`] may list. Checked on the wire before decoding: an empty
+/// guest costs 3 bytes encoded but a few hundred in memory, so without this bound an 8 MiB
+/// payload could make the decoder allocate about a gigabyte.
+pub const MAX_GUESTS_PER_SNAPSHOT: usize = 10_000;
+
+/// Most storages one [`NodeSnapshot`] may list (checked like the guests).
+pub const MAX_STORAGES_PER_SNAPSHOT: usize = 1_000;
+
+/// `NodeSnapshot.storages` and `NodeSnapshot.guests` field numbers (see `snapshot.proto`).
+const SNAPSHOT_STORAGES_FIELD: u64 = 23;
+const SNAPSHOT_GUESTS_FIELD: u64 = 24;
+
 /// Why a payload could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -27,6 +39,18 @@ pub enum CodecError {
         message: &'static str,
         /// Length of the payload.
         len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A repeated field holds more entries than the limit (counted before decoding).
+    #[error("{message}.{field}: {count} entries exceed the limit of {max}")]
+    TooMany {
+        /// Fully qualified message name.
+        message: &'static str,
+        /// The repeated field.
+        field: &'static str,
+        /// Entries found on the wire.
+        count: usize,
         /// The limit.
         max: usize,
     },
@@ -80,8 +104,68 @@ fn check_version(message: &'static str, found: u32) -> Result<(), CodecError> {
     }
 }
 
-/// Decodes a [`NodeSnapshot`] and checks its schema version.
+fn read_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *bytes.get(*at)?;
+        *at += 1;
+        value |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Counts the top-level occurrences of each of `fields` in a protobuf encoding without
+/// decoding it. Stops at the first malformed key or length (the decoder reports those); the
+/// counts found so far are returned.
+pub fn count_top_level_fields<const N: usize>(bytes: &[u8], fields: [u64; N]) -> [usize; N] {
+    let mut counts = [0usize; N];
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let Some(key) = read_varint(bytes, &mut at) else {
+            break;
+        };
+        let skip = match key & 7 {
+            0 => read_varint(bytes, &mut at).map(|_| 0),
+            1 => Some(8),
+            2 => read_varint(bytes, &mut at).and_then(|l| usize::try_from(l).ok()),
+            5 => Some(4),
+            _ => None,
+        };
+        let Some(skip) = skip else { break };
+        if let Some(i) = fields.iter().position(|f| *f == key >> 3) {
+            counts[i] += 1;
+        }
+        match at.checked_add(skip) {
+            Some(next) if next <= bytes.len() => at = next,
+            _ => break,
+        }
+    }
+    counts
+}
+
+/// Decodes a [`NodeSnapshot`] and checks its schema version. The guest and storage counts
+/// are checked on the wire first ([`MAX_GUESTS_PER_SNAPSHOT`], [`MAX_STORAGES_PER_SNAPSHOT`]).
 pub fn decode_snapshot(bytes: &[u8]) -> Result<NodeSnapshot, CodecError> {
+    if bytes.len() <= MAX_PAYLOAD_BYTES {
+        let [storages, guests] =
+            count_top_level_fields(bytes, [SNAPSHOT_STORAGES_FIELD, SNAPSHOT_GUESTS_FIELD]);
+        for (field, count, max) in [
+            ("guests", guests, MAX_GUESTS_PER_SNAPSHOT),
+            ("storages", storages, MAX_STORAGES_PER_SNAPSHOT),
+        ] {
+            if count > max {
+                return Err(CodecError::TooMany {
+                    message: "NodeSnapshot",
+                    field,
+                    count,
+                    max,
+                });
+            }
+        }
+    }
     let snapshot: NodeSnapshot = decode(bytes)?;
     check_version("NodeSnapshot", snapshot.schema_version)?;
     Ok(snapshot)
@@ -168,6 +252,27 @@ mod tests {
         let big = vec![0u8; MAX_PAYLOAD_BYTES + 1];
         let err = decode::<NodeSnapshot>(&big).unwrap_err();
         assert!(matches!(err, CodecError::TooLarge { len, .. } if len == MAX_PAYLOAD_BYTES + 1));
+    }
+
+    #[test]
+    fn too_many_guests_are_refused_before_decoding() {
+        let mut s = sample();
+        s.guests = vec![Guest::default(); MAX_GUESTS_PER_SNAPSHOT + 1];
+        let bytes = encode(&s);
+        assert_eq!(
+            count_top_level_fields(&bytes, [SNAPSHOT_GUESTS_FIELD, SNAPSHOT_STORAGES_FIELD]),
+            [MAX_GUESTS_PER_SNAPSHOT + 1, 0]
+        );
+        let err = decode_snapshot(&bytes).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "NodeSnapshot.guests: 10001 entries exceed the limit of 10000"
+        );
+        s.guests.truncate(MAX_GUESTS_PER_SNAPSHOT);
+        assert_eq!(
+            decode_snapshot(&encode(&s)).unwrap().guests.len(),
+            MAX_GUESTS_PER_SNAPSHOT
+        );
     }
 
     proptest! {

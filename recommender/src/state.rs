@@ -30,6 +30,79 @@ use crate::overload::{Limits, NodeOverload, Reading};
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// Bounds a message must respect, whatever a collector could plausibly send. Beyond them a
+/// message is refused rather than trusted: a single hostile snapshot must not make the engine
+/// refuse its cluster's view or make the recommender allocate without limit.
+pub mod limits {
+    /// Longest cluster, node, guest, storage, tag, pool, lock or status text, in bytes (the
+    /// length of a DNS name; PVE's own names are shorter).
+    pub const MAX_NAME_BYTES: usize = 253;
+    /// Longest free-text field (a node's or a status's error text), in bytes.
+    pub const MAX_TEXT_BYTES: usize = 4096;
+    /// Largest memory, swap or storage size, in bytes (1 EiB). A size of 2⁶³ or more is a
+    /// negative number written into an unsigned field and is reported as negative.
+    pub const MAX_BYTES: u64 = 1 << 60;
+    /// Largest CPU or IOWait fraction (1.0 = all CPUs busy; guests briefly exceed 1).
+    pub const MAX_FRACTION: f64 = 64.0;
+    /// Largest overcommit ratio.
+    pub const MAX_RATIO: f64 = 10_000.0;
+    /// Largest disk or network rate, bytes per second (10 TB/s).
+    pub const MAX_RATE_BPS: f64 = 1e13;
+    /// Largest vCPU count of a guest, and load average of a node.
+    pub const MAX_VCPUS: f64 = 65_536.0;
+    /// Largest load average.
+    pub const MAX_LOAD: f64 = 1e6;
+    /// Most tags, or storages, of one guest; most load-average values of a node.
+    pub const MAX_LIST: usize = 256;
+    /// Most points of one history series (PVE's RRD gives about 70).
+    pub const MAX_HISTORY_POINTS: usize = 20_000;
+    /// Most nodes, or errors, in a cluster status.
+    pub const MAX_STATUS_ENTRIES: usize = 10_000;
+    /// Latest observation time accepted (year 3000), unix ms.
+    pub const MAX_TIME_MS: i64 = 32_503_680_000_000;
+    pub use proxbalance_proto::codec::{MAX_GUESTS_PER_SNAPSHOT, MAX_STORAGES_PER_SNAPSHOT};
+}
+
+/// What is wrong with a field; each has its own metric label (see [`Rejection::label`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// NaN or ±infinity.
+    NotFinite,
+    /// Below zero (or an unsigned size of 2⁶³ or more).
+    Negative,
+    /// Finite and non-negative but beyond the bounds of [`limits`].
+    OutOfRange,
+    /// A used amount above its total (memory, swap, a storage).
+    UsedExceedsTotal,
+    /// The same vmid twice in one snapshot.
+    DuplicateGuest,
+    /// A vmid another node of the cluster already reported in the same cycle.
+    GuestOnTwoNodes,
+    /// A list longer than its limit.
+    TooMany,
+    /// A name or text longer than its limit.
+    TooLong,
+    /// Anything else no collector produces (empty name, vmid 0, unknown enum value, ...).
+    Invalid,
+}
+
+impl Problem {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Problem::NotFinite => "not_finite",
+            Problem::Negative => "negative_value",
+            Problem::OutOfRange => "out_of_range",
+            Problem::UsedExceedsTotal => "used_exceeds_total",
+            Problem::DuplicateGuest => "duplicate_guest",
+            Problem::GuestOnTwoNodes => "guest_on_two_nodes",
+            Problem::TooMany => "too_many_items",
+            Problem::TooLong => "name_too_long",
+            Problem::Invalid => "invalid_value",
+        }
+    }
+}
+
 /// Why a message was refused. Never fatal: the message is counted, logged and dropped.
 #[derive(Debug, thiserror::Error)]
 pub enum Rejection {
@@ -56,34 +129,98 @@ pub enum Rejection {
         field: String,
         /// What was expected.
         detail: String,
+        /// The kind of problem, for the metric label.
+        problem: Problem,
     },
 }
 
 impl Rejection {
-    /// A short label for the rejection metric.
+    /// A short label for the rejection metric
+    /// (`proxbalance_recommender_messages_rejected_total{reason}`).
     pub fn label(&self) -> &'static str {
         match self {
             Rejection::Subject(_) => "subject",
             Rejection::Decode(CodecError::UnsupportedSchemaVersion { .. }) => "schema_version",
+            Rejection::Decode(CodecError::TooLarge { .. }) => "too_large",
+            Rejection::Decode(CodecError::TooMany { .. }) => "too_many_items",
             Rejection::Decode(_) => "decode",
             Rejection::Mismatch { .. } => "subject_mismatch",
-            Rejection::Invalid { .. } => "invalid_value",
+            Rejection::Invalid { problem, .. } => problem.label(),
         }
     }
 }
 
-fn invalid(field: impl Into<String>, detail: &str) -> Rejection {
+fn reject(problem: Problem, field: impl Into<String>, detail: impl Into<String>) -> Rejection {
     Rejection::Invalid {
         field: field.into(),
-        detail: detail.to_owned(),
+        detail: detail.into(),
+        problem,
     }
 }
 
-fn check_number(field: impl FnOnce() -> String, v: f64) -> Result<(), Rejection> {
+fn invalid(field: impl Into<String>, detail: &str) -> Rejection {
+    reject(Problem::Invalid, field, detail)
+}
+
+/// A finite number in `0..=max`.
+fn check_number(field: impl FnOnce() -> String, v: f64, max: f64) -> Result<(), Rejection> {
     if !v.is_finite() {
-        Err(invalid(field(), "expected a finite number"))
+        Err(reject(
+            Problem::NotFinite,
+            field(),
+            "expected a finite number",
+        ))
     } else if v < 0.0 {
-        Err(invalid(field(), "expected a number ≥ 0"))
+        Err(reject(Problem::Negative, field(), "expected a number ≥ 0"))
+    } else if v > max {
+        Err(reject(
+            Problem::OutOfRange,
+            field(),
+            format!("expected a number ≤ {max}"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A size in bytes: below 2⁶³ (else it was negative) and at most [`limits::MAX_BYTES`].
+fn check_bytes(field: impl FnOnce() -> String, v: u64) -> Result<(), Rejection> {
+    if i64::try_from(v).is_err() {
+        Err(reject(
+            Problem::Negative,
+            field(),
+            "expected a size ≥ 0 (found a negative number stored as unsigned)",
+        ))
+    } else if v > limits::MAX_BYTES {
+        Err(reject(
+            Problem::OutOfRange,
+            field(),
+            format!("expected a size ≤ {} bytes", limits::MAX_BYTES),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_used(field: &str, used: u64, total: u64) -> Result<(), Rejection> {
+    if used > total {
+        Err(reject(
+            Problem::UsedExceedsTotal,
+            field,
+            format!("{used} bytes used exceed the total of {total}"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_len(field: impl FnOnce() -> String, v: &str, max: usize) -> Result<(), Rejection> {
+    if v.len() > max {
+        Err(reject(
+            Problem::TooLong,
+            field(),
+            format!("{} bytes exceed the limit of {max}", v.len()),
+        ))
     } else {
         Ok(())
     }
@@ -92,6 +229,18 @@ fn check_number(field: impl FnOnce() -> String, v: f64) -> Result<(), Rejection>
 fn check_name(field: &str, v: &str) -> Result<(), Rejection> {
     if v.trim().is_empty() {
         Err(invalid(field, "expected a non-empty name"))
+    } else {
+        check_len(|| field.to_owned(), v, limits::MAX_NAME_BYTES)
+    }
+}
+
+fn check_count(field: &str, n: usize, max: usize) -> Result<(), Rejection> {
+    if n > max {
+        Err(reject(
+            Problem::TooMany,
+            field,
+            format!("{n} entries exceed the limit of {max}"),
+        ))
     } else {
         Ok(())
     }
@@ -109,24 +258,53 @@ fn check_match(field: &'static str, subject: &str, payload: &str) -> Result<(), 
     }
 }
 
-/// Checks a snapshot's names and numbers.
+/// Checks a snapshot on its own: names, numbers, sizes and counts within [`limits`], used
+/// amounts within their totals, no vmid twice. Whether another node claims one of its guests
+/// in the same cycle needs the state and is checked by [`State::ingest`].
 pub fn validate_snapshot(s: &pb::NodeSnapshot) -> Result<(), Rejection> {
+    use limits::*;
     check_name("cluster", &s.cluster)?;
     check_name("node", &s.node)?;
-    if s.observed_at_unix_ms <= 0 {
-        return Err(invalid("observed_at_unix_ms", "expected a time after 1970"));
+    if s.observed_at_unix_ms <= 0 || s.observed_at_unix_ms > MAX_TIME_MS {
+        return Err(invalid(
+            "observed_at_unix_ms",
+            "expected a time between 1970 and 3000",
+        ));
     }
     if pb::NodeStatus::try_from(s.status).is_err() {
         return Err(invalid("status", "expected a known node status"));
     }
-    check_number(|| "cpu_fraction".into(), s.cpu_fraction)?;
+    for (k, v) in [("ha_state", &s.ha_state), ("pve_version", &s.pve_version)] {
+        check_len(|| k.to_owned(), v, MAX_NAME_BYTES)?;
+    }
+    check_len(|| "error".to_owned(), &s.error, MAX_TEXT_BYTES)?;
+    check_number(|| "cpu_fraction".into(), s.cpu_fraction, MAX_FRACTION)?;
     if let Some(v) = s.iowait_fraction {
-        check_number(|| "iowait_fraction".into(), v)?;
+        check_number(|| "iowait_fraction".into(), v, MAX_FRACTION)?;
     }
+    check_count("load_average", s.load_average.len(), MAX_LIST)?;
     for (i, v) in s.load_average.iter().enumerate() {
-        check_number(|| format!("load_average[{i}]"), *v)?;
+        check_number(|| format!("load_average[{i}]"), *v, MAX_LOAD)?;
     }
-    check_number(|| "overcommit_ratio".into(), s.overcommit_ratio)?;
+    check_number(|| "overcommit_ratio".into(), s.overcommit_ratio, MAX_RATIO)?;
+    for (k, v) in [
+        ("mem_used_bytes", s.mem_used_bytes),
+        ("mem_total_bytes", s.mem_total_bytes),
+        ("mem_available_bytes", s.mem_available_bytes),
+        ("committed_mem_bytes", s.committed_mem_bytes),
+        ("swap_used_bytes", s.swap_used_bytes),
+        ("swap_total_bytes", s.swap_total_bytes),
+        ("ksm_shared_bytes", s.ksm_shared_bytes),
+    ] {
+        check_bytes(|| k.to_owned(), v)?;
+    }
+    check_used("mem_used_bytes", s.mem_used_bytes, s.mem_total_bytes)?;
+    check_used(
+        "mem_available_bytes",
+        s.mem_available_bytes,
+        s.mem_total_bytes,
+    )?;
+    check_used("swap_used_bytes", s.swap_used_bytes, s.swap_total_bytes)?;
     if let Some(p) = &s.pressure {
         for (k, v) in [
             ("cpu_some", p.cpu_some),
@@ -135,15 +313,38 @@ pub fn validate_snapshot(s: &pb::NodeSnapshot) -> Result<(), Rejection> {
             ("memory_some", p.memory_some),
             ("memory_full", p.memory_full),
         ] {
-            check_number(|| format!("pressure.{k}"), v)?;
+            check_number(|| format!("pressure.{k}"), v, 100.0)?;
         }
     }
+    check_count("storages", s.storages.len(), MAX_STORAGES_PER_SNAPSHOT)?;
     for (i, st) in s.storages.iter().enumerate() {
         check_name(&format!("storages[{i}].id"), &st.id)?;
+        check_len(|| format!("storages[{i}].type"), &st.r#type, MAX_NAME_BYTES)?;
+        check_len(
+            || format!("storages[{i}].content"),
+            &st.content,
+            MAX_NAME_BYTES,
+        )?;
+        check_bytes(|| format!("storages[{i}].total_bytes"), st.total_bytes)?;
+        check_bytes(|| format!("storages[{i}].used_bytes"), st.used_bytes)?;
+        check_used(
+            &format!("storages[{i}].used_bytes"),
+            st.used_bytes,
+            st.total_bytes,
+        )?;
     }
+    check_count("guests", s.guests.len(), MAX_GUESTS_PER_SNAPSHOT)?;
+    let mut vmids = BTreeSet::new();
     for (i, g) in s.guests.iter().enumerate() {
         if g.vmid == 0 {
             return Err(invalid(format!("guests[{i}].vmid"), "expected ≥ 1"));
+        }
+        if !vmids.insert(g.vmid) {
+            return Err(reject(
+                Problem::DuplicateGuest,
+                format!("guests[{i}].vmid"),
+                format!("vmid {} is listed twice", g.vmid),
+            ));
         }
         if !matches!(
             pb::GuestKind::try_from(g.kind),
@@ -152,14 +353,45 @@ pub fn validate_snapshot(s: &pb::NodeSnapshot) -> Result<(), Rejection> {
             return Err(invalid(format!("guests[{i}].kind"), "expected qemu or lxc"));
         }
         for (k, v) in [
-            ("cpu_fraction", g.cpu_fraction),
-            ("vcpus", g.vcpus),
+            ("name", &g.name),
+            ("status", &g.status),
+            ("ha_state", &g.ha_state),
+            ("lock", &g.lock),
+            ("pool", &g.pool),
+        ] {
+            check_len(|| format!("guests[{i}].{k}"), v, MAX_NAME_BYTES)?;
+        }
+        check_number(
+            || format!("guests[{i}].cpu_fraction"),
+            g.cpu_fraction,
+            MAX_FRACTION,
+        )?;
+        check_number(|| format!("guests[{i}].vcpus"), g.vcpus, MAX_VCPUS)?;
+        for (k, v) in [
             ("disk_read_bps", g.disk_read_bps),
             ("disk_write_bps", g.disk_write_bps),
             ("net_in_bps", g.net_in_bps),
             ("net_out_bps", g.net_out_bps),
         ] {
-            check_number(|| format!("guests[{i}].{k}"), v)?;
+            check_number(|| format!("guests[{i}].{k}"), v, MAX_RATE_BPS)?;
+        }
+        for (k, v) in [
+            ("mem_used_bytes", g.mem_used_bytes),
+            ("mem_max_bytes", g.mem_max_bytes),
+            ("balloon_min_bytes", g.balloon_min_bytes),
+            ("mem_host_bytes", g.mem_host_bytes),
+        ] {
+            check_bytes(|| format!("guests[{i}].{k}"), v)?;
+        }
+        for (k, list) in [
+            ("tags", &g.tags),
+            ("storages", &g.storages),
+            ("local_storages", &g.local_storages),
+        ] {
+            check_count(&format!("guests[{i}].{k}"), list.len(), MAX_LIST)?;
+            for (j, v) in list.iter().enumerate() {
+                check_len(|| format!("guests[{i}].{k}[{j}]"), v, MAX_NAME_BYTES)?;
+            }
         }
         for (j, st) in g.storages.iter().enumerate() {
             check_name(&format!("guests[{i}].storages[{j}]"), st)?;
@@ -172,20 +404,45 @@ fn validate_history(h: &pb::NodeHistory) -> Result<(), Rejection> {
     check_name("cluster", &h.cluster)?;
     check_name("node", &h.node)?;
     for (series, points) in [("day", &h.day), ("week", &h.week)] {
+        check_count(series, points.len(), limits::MAX_HISTORY_POINTS)?;
         for (i, p) in points.iter().enumerate() {
-            for (k, v) in [
-                ("cpu_fraction", p.cpu_fraction),
-                ("iowait_fraction", p.iowait_fraction),
-                ("mem_used_bytes", p.mem_used_bytes),
-                ("mem_total_bytes", p.mem_total_bytes),
-                ("load_average", p.load_average),
+            for (k, v, max) in [
+                ("cpu_fraction", p.cpu_fraction, limits::MAX_FRACTION),
+                ("iowait_fraction", p.iowait_fraction, limits::MAX_FRACTION),
+                ("mem_used_bytes", p.mem_used_bytes, limits::MAX_BYTES as f64),
+                (
+                    "mem_total_bytes",
+                    p.mem_total_bytes,
+                    limits::MAX_BYTES as f64,
+                ),
+                ("load_average", p.load_average, limits::MAX_LOAD),
             ] {
                 if let Some(v) = v {
-                    check_number(|| format!("{series}[{i}].{k}"), v)?;
+                    check_number(|| format!("{series}[{i}].{k}"), v, max)?;
                 }
             }
         }
     }
+    Ok(())
+}
+
+fn validate_status(st: &pb::ClusterStatus) -> Result<(), Rejection> {
+    check_name("cluster", &st.cluster)?;
+    check_count("nodes", st.nodes.len(), limits::MAX_STATUS_ENTRIES)?;
+    check_count("errors", st.errors.len(), limits::MAX_STATUS_ENTRIES)?;
+    for (i, n) in st.nodes.iter().enumerate() {
+        check_name(&format!("nodes[{i}].node"), &n.node)?;
+    }
+    check_len(
+        || "pve_version".to_owned(),
+        &st.pve_version,
+        limits::MAX_NAME_BYTES,
+    )?;
+    check_len(
+        || "endpoint".to_owned(),
+        &st.endpoint,
+        limits::MAX_TEXT_BYTES,
+    )?;
     Ok(())
 }
 
@@ -220,7 +477,9 @@ pub enum Ingested {
     },
     /// A history seeded a node's windows.
     History { cluster: String },
-    /// A message of another kind on a consumed subject (e.g. an event); nothing to do.
+    /// A message of another kind on a consumed subject (e.g. an event), or a copy of the
+    /// snapshot a node last reported (same cycle: a re-publish JetStream did not de-duplicate,
+    /// e.g. outside its duplicate window); nothing to do.
     Ignored,
 }
 
@@ -235,6 +494,9 @@ pub struct Cached {
     pub generation: u64,
     /// The collection cycle the set was computed on.
     pub cycle: u64,
+    /// The `GetRecommendationsResponse` for this set, encoded once: served as is to every
+    /// request without overrides, so a busy recommender does not re-encode the same megabyte.
+    pub encoded: prost::bytes::Bytes,
 }
 
 #[derive(Debug, Default)]
@@ -269,6 +531,8 @@ impl ClusterState {
 pub struct State {
     settings: StateSettings,
     clusters: BTreeMap<String, ClusterState>,
+    /// Snapshots applied since start (what the fault tests compare with what was published).
+    snapshots_applied: u64,
 }
 
 fn sample_of(s: &pb::NodeSnapshot, previous_iowait: f64) -> Sample {
@@ -329,13 +593,11 @@ pub fn overload_event_id(e: &pb::OverloadEvent) -> String {
     )
 }
 
-/// The `Nats-Msg-Id` of a recommendations-changed event (the view instant it was computed for).
+/// The `Nats-Msg-Id` of a recommendations-changed event: the cycle it was computed for, the
+/// same on every replica. (The view's instant, in seconds, was used before: two cycles
+/// completing within one second then shared an id and JetStream dropped the second event.)
 pub fn recommendations_event_id(e: &pb::RecommendationsChanged) -> String {
-    let at = e
-        .recommendations
-        .as_ref()
-        .map_or(e.at_unix_ms, |s| s.generated_at);
-    format!("{}:recommendations:{at}", e.cluster)
+    format!("{}:recommendations:{}", e.cluster, e.cycle)
 }
 
 impl State {
@@ -344,12 +606,18 @@ impl State {
         State {
             settings,
             clusters: BTreeMap::new(),
+            snapshots_applied: 0,
         }
     }
 
     /// The settings.
     pub fn settings(&self) -> &StateSettings {
         &self.settings
+    }
+
+    /// Snapshots applied since the state was created (refused ones excluded).
+    pub fn snapshots_applied(&self) -> u64 {
+        self.snapshots_applied
     }
 
     /// Checks and applies one message.
@@ -360,6 +628,10 @@ impl State {
                 check_match("cluster", &cluster, &s.cluster)?;
                 check_match("node", &node, &s.node)?;
                 validate_snapshot(&s)?;
+                if self.already_applied(&s) {
+                    return Ok(Ingested::Ignored);
+                }
+                self.check_guests_unclaimed(&s)?;
                 Ok(self.apply_snapshot(s))
             }
             Subject::History { cluster, node } => {
@@ -373,17 +645,65 @@ impl State {
             Subject::ClusterStatus { cluster } => {
                 let st = codec::decode_cluster_status(payload)?;
                 check_match("cluster", &cluster, &st.cluster)?;
-                for (i, n) in st.nodes.iter().enumerate() {
-                    check_name(&format!("nodes[{i}].node"), &n.node)?;
-                }
+                validate_status(&st)?;
                 Ok(self.apply_status(st))
             }
             Subject::Overload { .. } | Subject::Recommendations { .. } => Ok(Ingested::Ignored),
         }
     }
 
+    /// Whether `s` is the snapshot its node last reported again (same cycle).
+    fn already_applied(&self, s: &pb::NodeSnapshot) -> bool {
+        self.clusters
+            .get(&s.cluster)
+            .and_then(|c| c.nodes.get(&s.node))
+            .and_then(|n| n.latest.as_ref())
+            .is_some_and(|l| l.cycle == s.cycle && l.observed_at_unix_ms == s.observed_at_unix_ms)
+    }
+
+    /// Refuses a snapshot that lists a guest another node of its cluster already reported in
+    /// the same cycle: one cycle reads every guest's node from one `/cluster/resources`
+    /// answer, so a genuine collector never does that (a guest reported by two nodes in
+    /// different cycles is a migration; the fresher report wins in the view). The first claim
+    /// in stream order stands, so every replica refuses the same message.
+    fn check_guests_unclaimed(&self, s: &pb::NodeSnapshot) -> Result<(), Rejection> {
+        let Some(c) = self.clusters.get(&s.cluster) else {
+            return Ok(());
+        };
+        let mine: BTreeMap<u32, usize> = s
+            .guests
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.vmid, i))
+            .collect();
+        for (name, n) in &c.nodes {
+            let Some(other) = n.latest.as_ref() else {
+                continue;
+            };
+            if *name == s.node || other.cycle != s.cycle {
+                continue;
+            }
+            if let Some((i, g)) = other
+                .guests
+                .iter()
+                .find_map(|g| mine.get(&g.vmid).map(|i| (*i, g)))
+            {
+                return Err(reject(
+                    Problem::GuestOnTwoNodes,
+                    format!("guests[{i}].vmid"),
+                    format!(
+                        "vmid {} was already reported by node {name:?} in cycle {}",
+                        g.vmid, s.cycle
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Applies a checked snapshot.
     pub fn apply_snapshot(&mut self, s: pb::NodeSnapshot) -> Ingested {
+        self.snapshots_applied += 1;
         let cluster_name = s.cluster.clone();
         let cycle = s.cycle;
         let observed_at_ms = s.observed_at_unix_ms;
@@ -681,11 +1001,18 @@ impl State {
                 cycle,
             }
         };
+        let encoded = prost::Message::encode_to_vec(&pb::GetRecommendationsResponse {
+            set: Some((*proto).clone()),
+            computed_fresh: false,
+            generation,
+        })
+        .into();
         c.cached = Some(Cached {
             set,
             proto,
             generation,
             cycle,
+            encoded,
         });
         (event, changed)
     }
@@ -899,7 +1226,7 @@ mod tests {
             e.to_string(),
             "guests[0].disk_read_bps: expected a number ≥ 0"
         );
-        assert_eq!(e.label(), "invalid_value");
+        assert_eq!(e.label(), "negative_value");
         let e = st.ingest("other.v1.snapshot.c.a", &[]).unwrap_err();
         assert_eq!(e.label(), "subject");
         assert!(st.cluster_names().is_empty());
@@ -958,8 +1285,10 @@ mod tests {
     fn view_marks_stale_and_offline_nodes_and_dedupes_guests() {
         let mut st = State::new(settings());
         ingest_snap(&mut st, &snap("a", 1, T0, 0.5)).unwrap();
-        let mut b = snap("b", 1, T0 + 120_000, 0.2);
-        b.guests[0].vmid = 100; // guest 100 migrated to b: b's report is fresher
+        // Guest 100 migrated to b by the next cycle: b's report is fresher. (In the same cycle
+        // it would be a guest on two nodes, refused.)
+        let mut b = snap("b", 2, T0 + 120_000, 0.2);
+        b.guests[0].vmid = 100;
         ingest_snap(&mut st, &b).unwrap();
         let mut c = snap("d", 1, T0 + 120_000, 0.2);
         c.status = pb::NodeStatus::Unreachable as i32;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 
 use super::error::PveError;
 use super::tls::{TlsVerification, client_config};
@@ -298,8 +299,17 @@ impl PveClient {
         ];
         metrics::counter!("proxbalance_collector_api_requests_total", &labels).increment(1);
         self.inner.requests.fetch_add(1, Ordering::Relaxed);
-        let result = self.fetch(endpoint, path).await;
+        // A child of the cycle's span in the trace; the path is the template, without ids.
+        let span = tracing::info_span!(
+            "pve.request",
+            http.method = "GET",
+            endpoint = %endpoint,
+            path = %labels[2].1,
+            error = tracing::field::Empty,
+        );
+        let result = self.fetch(endpoint, path).instrument(span.clone()).await;
         if let Err(e) = &result {
+            span.record("error", e.kind_label());
             let mut labels = labels.to_vec();
             labels.push(("kind", e.kind_label().to_owned()));
             metrics::counter!("proxbalance_collector_api_errors_total", &labels).increment(1);

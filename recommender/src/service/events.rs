@@ -60,9 +60,13 @@ fn headers_for(msg_id: &str, message_type: &str) -> HeaderMap {
     h
 }
 
+/// Attempts per event before it is dropped (see [`publish_loop`]).
+const EVENT_ATTEMPTS: u32 = 12;
+
 /// Publishes events until the channel closes (the ingest loop ended), each with its
-/// deterministic `Nats-Msg-Id` and an acknowledgement within `timeout`. A set too large for the
-/// server's payload limit is published without its `recommendations` (fetch them over gRPC).
+/// deterministic `Nats-Msg-Id` and an acknowledgement within `timeout`, retried with the same
+/// id when that fails. A set too large for the server's payload limit is published without
+/// its `recommendations` (fetch them over gRPC).
 pub async fn publish_loop(
     js: jetstream::Context,
     nats: async_nats::Client,
@@ -97,26 +101,42 @@ pub async fn publish_loop(
                 )
             }
         };
-        let h = headers_for(&id, message_type);
-        let attempt = async {
-            let ack = js
-                .publish_with_headers(subject.clone(), h, payload.into())
-                .await
-                .map_err(|e| e.to_string())?;
-            ack.await.map_err(|e| e.to_string())
-        };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(_)) => {
-                metrics::counter!(metric::EVENTS_PUBLISHED, "kind" => kind).increment(1);
-                tracing::debug!(%subject, id, "event published");
-            }
-            Ok(Err(e)) => {
-                metrics::counter!(metric::EVENTS_FAILED, "kind" => kind).increment(1);
-                tracing::warn!(%subject, id, error = %e, "event publish failed");
-            }
-            Err(_) => {
-                metrics::counter!(metric::EVENTS_FAILED, "kind" => kind).increment(1);
-                tracing::warn!(%subject, id, timeout_ms = timeout.as_millis() as u64, "event publish not acknowledged in time");
+        let payload = prost::bytes::Bytes::from(payload);
+        // A failed publish is retried with the same id (JetStream stores it once), waiting
+        // 100 ms, 200 ms, … up to 2 s between attempts, at most EVENT_ATTEMPTS times (about
+        // 20 s: a NATS restart or a stream leader election), in order: later events wait.
+        // At shutdown there is one attempt.
+        for attempt_no in 1..=EVENT_ATTEMPTS {
+            let attempt = async {
+                let ack = js
+                    .publish_with_headers(
+                        subject.clone(),
+                        headers_for(&id, message_type),
+                        payload.clone(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ack.await.map_err(|e| e.to_string())
+            };
+            let error = match tokio::time::timeout(timeout, attempt).await {
+                Ok(Ok(_)) => {
+                    metrics::counter!(metric::EVENTS_PUBLISHED, "kind" => kind).increment(1);
+                    tracing::debug!(%subject, id, attempt_no, "event published");
+                    break;
+                }
+                Ok(Err(e)) => e,
+                Err(_) => format!("not acknowledged within {} ms", timeout.as_millis()),
+            };
+            metrics::counter!(metric::EVENTS_FAILED, "kind" => kind).increment(1);
+            // At shutdown (the channel closed) one attempt only, so shutdown stays bounded.
+            if attempt_no == EVENT_ATTEMPTS || rx.is_closed() {
+                tracing::warn!(%subject, id, error, attempts = attempt_no, "event publish failed; event dropped");
+                break;
+            } else {
+                tracing::warn!(%subject, id, error, attempt_no, "event publish failed; retrying");
+                let backoff = Duration::from_millis(100u64 << (attempt_no - 1).min(4))
+                    .min(Duration::from_secs(2));
+                tokio::time::sleep(backoff).await;
             }
         }
     }

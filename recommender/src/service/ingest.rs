@@ -17,6 +17,10 @@ use tokio::sync::mpsc;
 use super::{Outgoing, Shared, metric, wall_ms};
 use crate::state::Ingested;
 
+/// How long the snapshot consumer may make no progress before the stream is asked whether
+/// it should have (see the stall check in [`ingest_loop`]).
+const STALL_CHECK: Duration = Duration::from_secs(5);
+
 /// How often replay progress is logged, in messages.
 const PROGRESS_EVERY: u64 = 10_000;
 
@@ -74,6 +78,20 @@ fn start_time(replay: Duration) -> time::OffsetDateTime {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
+/// The span of one snapshot-stream message, a child of the span that published it when the
+/// message carries a `traceparent`.
+fn ingest_span(msg: &Message, replaying: bool) -> tracing::Span {
+    let span = tracing::info_span!("recommender.ingest", subject = %msg.subject, replaying);
+    if let Some(tp) = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(proxbalance_proto::headers::TRACEPARENT))
+    {
+        proxbalance_runtime::telemetry::set_parent_from_traceparent(&span, tp.as_str());
+    }
+    span
+}
+
 /// Applies one message; returns the cluster and cycle it completed.
 fn apply(shared: &Shared, msg: &Message) -> Option<(String, u64)> {
     let result = shared.write().ingest(msg.subject.as_str(), &msg.payload);
@@ -125,7 +143,9 @@ fn on_cycle(
             tracing::warn!(cluster, "event queue full; overload event dropped");
         }
     }
-    if let Some(notice) = shared.recompute(cluster, cycle).filter(|n| n.changed) {
+    let recomputed = tracing::info_span!("recommender.recompute", cluster, cycle)
+        .in_scope(|| shared.recompute(cluster, cycle));
+    if let Some(notice) = recomputed.filter(|n| n.changed) {
         let change = &notice.event;
         tracing::info!(
             cluster,
@@ -159,7 +179,8 @@ pub async fn ingest_loop(
     else {
         return;
     };
-    let Some(snapshot_stream) = wait_for_stream(&js, &subjects.snapshots_stream(), &shared).await
+    let Some(mut snapshot_stream) =
+        wait_for_stream(&js, &subjects.snapshots_stream(), &shared).await
     else {
         return;
     };
@@ -205,7 +226,7 @@ pub async fn ingest_loop(
     // 2. The snapshot stream from now − replay window, then live.
     let mut last_seq = 0u64;
     let mut replaying;
-    let (mut snapshots, pending) = loop {
+    let (snapshots, pending) = loop {
         match ordered(
             &snapshot_stream,
             String::new(),
@@ -238,30 +259,100 @@ pub async fn ingest_loop(
         shared.ready.store(true, Ordering::Release);
     }
 
+    // A consumer is `None` while it has to be recreated: after an error the client does not
+    // recover from ("consumer not found": a restarted server keeps no ephemeral consumer; a
+    // pull times out while a cluster elects a stream leader), after its end, and after every
+    // reconnection (the old pulls would only fail when they expire, ~15 s later). The check
+    // below recreates it, every second until it succeeds: the snapshots after the last stream
+    // sequence applied (nothing twice, nothing skipped), or from the replay start when
+    // nothing was applied yet; the latest histories again (harmless: seeding never overrides
+    // a live sample).
+    let mut history = Some(history);
+    let mut snapshots = Some(snapshots);
+    let nats = js.client();
+    let mut was_connected = true;
+    let mut retry_at: Option<Instant> = None;
+    // Stall check: a consumer can also go quiet without an error or a disconnection (in a
+    // cluster, the server holding it died and the client is still connected elsewhere). Every
+    // STALL_CHECK without progress, the stream's last sequence is asked for; if it is ahead
+    // of the last message applied, the consumer is recreated.
+    let mut stall_checked_at = Instant::now();
+    let mut stall_checked_seq = 0u64;
+    let mut recreate_check = tokio::time::interval(Duration::from_millis(250));
+    recreate_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             // History first: a cycle's histories are published before its snapshots.
             biased;
             () = shared.shutdown.cancelled() => break,
-            m = history.next() => match m {
-                Some(Ok(msg)) => { apply(&shared, &msg); }
-                Some(Err(e)) => tracing::warn!(error = %e, "history consumer error"),
-                None => {
-                    tracing::warn!("history consumer ended; recreating it");
-                    match ordered(&history_stream, subjects.all_history(), DeliverPolicy::LastPerSubject).await {
-                        Ok((h, _)) => history = h,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot recreate the history consumer");
-                            tokio::select! {
-                                () = shared.shutdown.cancelled() => break,
-                                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            }
+            _ = recreate_check.tick() => {
+                let connected = nats.connection_state() == async_nats::connection::State::Connected;
+                if connected && !was_connected {
+                    tracing::info!(last_seq, "NATS reconnected; recreating the consumers after the last message seen");
+                    history = None;
+                    snapshots = None;
+                    retry_at = None;
+                }
+                was_connected = connected;
+                if connected && snapshots.is_some() && stall_checked_at.elapsed() >= STALL_CHECK {
+                    if last_seq == stall_checked_seq {
+                        let info = tokio::time::timeout(Duration::from_secs(2), snapshot_stream.info()).await;
+                        if let Ok(Ok(info)) = info
+                            && info.state.last_sequence > last_seq
+                        {
+                            tracing::warn!(last_seq, stream_last = info.state.last_sequence, "snapshot consumer stalled; recreating it after the last message seen");
+                            snapshots = None;
+                            retry_at = None;
                         }
                     }
+                    stall_checked_at = Instant::now();
+                    stall_checked_seq = last_seq;
+                }
+                if connected
+                    && (history.is_none() || snapshots.is_none())
+                    && retry_at.is_none_or(|t| Instant::now() >= t)
+                {
+                    if history.is_none() {
+                        match ordered(&history_stream, subjects.all_history(), DeliverPolicy::LastPerSubject).await {
+                            Ok((h, _)) => history = Some(h),
+                            Err(e) => tracing::warn!(error = %e, "cannot recreate the history consumer; retrying in 1 s"),
+                        }
+                    }
+                    if snapshots.is_none() {
+                        let policy = if last_seq == 0 {
+                            DeliverPolicy::ByStartTime { start_time: start_time(replay) }
+                        } else {
+                            DeliverPolicy::ByStartSequence { start_sequence: last_seq + 1 }
+                        };
+                        match ordered(&snapshot_stream, String::new(), policy).await {
+                            Ok((s, _)) => {
+                                tracing::info!(last_seq, "snapshot consumer recreated");
+                                snapshots = Some(s);
+                            }
+                            Err(e) => tracing::warn!(last_seq, error = %e, "cannot recreate the snapshot consumer; retrying in 1 s"),
+                        }
+                    }
+                    retry_at = (history.is_none() || snapshots.is_none())
+                        .then(|| Instant::now() + Duration::from_secs(1));
                 }
             },
-            m = snapshots.next() => match m {
+            m = async { match history.as_mut() { Some(h) => h.next().await, None => None } }, if history.is_some() => match m {
+                Some(Ok(msg)) => { apply(&shared, &msg); }
+                Some(Err(_)) | None => {
+                    if let Some(Err(e)) = &m {
+                        tracing::warn!(error = %e, "history consumer error; recreating it");
+                    } else {
+                        tracing::warn!("history consumer ended; recreating it");
+                    }
+                    history = None;
+                }
+            },
+            m = async { match snapshots.as_mut() { Some(s) => s.next().await, None => None } }, if snapshots.is_some() => match m {
                 Some(Ok(msg)) => {
+                    // No await below: the span is entered for the message's whole handling, so
+                    // the recomputation it completes is its child in the collector's trace.
+                    let span = ingest_span(&msg, replaying);
+                    let _entered = span.enter();
                     let info = msg.info().map(|i| (i.stream_sequence, i.pending)).ok();
                     if let Some((seq, _)) = info {
                         last_seq = seq;
@@ -286,19 +377,13 @@ pub async fn ingest_loop(
                         }
                     }
                 }
-                Some(Err(e)) => tracing::warn!(error = %e, "snapshot consumer error"),
-                None => {
-                    tracing::warn!(last_seq, "snapshot consumer ended; recreating it after the last message seen");
-                    match ordered(&snapshot_stream, String::new(), DeliverPolicy::ByStartSequence { start_sequence: last_seq + 1 }).await {
-                        Ok((s, _)) => snapshots = s,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot recreate the snapshot consumer");
-                            tokio::select! {
-                                () = shared.shutdown.cancelled() => break,
-                                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            }
-                        }
+                Some(Err(_)) | None => {
+                    if let Some(Err(e)) = &m {
+                        tracing::warn!(last_seq, error = %e, "snapshot consumer error; recreating it after the last message seen");
+                    } else {
+                        tracing::warn!(last_seq, "snapshot consumer ended; recreating it after the last message seen");
                     }
+                    snapshots = None;
                 }
             },
         }

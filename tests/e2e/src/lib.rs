@@ -9,6 +9,8 @@
 //! permissions, JetStream limits), on a given or random port, with extra environment variables
 //! for the file's `$VARIABLE` references; its output is kept for [`NatsServer::log`].
 
+pub mod pki;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,6 +45,14 @@ pub enum HarnessError {
     /// Temporary directory trouble.
     #[error("temporary directory: {0}")]
     TempDir(#[from] std::io::Error),
+    /// A cluster member did not report healthy in time.
+    #[error("nats-server {server} of the cluster not healthy in time; /healthz said {last:?}")]
+    Unhealthy {
+        /// Index of the server.
+        server: usize,
+        /// Its last answer.
+        last: String,
+    },
     /// The server refused its configuration file (or exited for another reason) during start-up.
     #[error("nats-server -c {config} exited during start-up with {status}: {log}")]
     ConfigRejected {
@@ -236,6 +246,107 @@ fn read_port(file: &Path) -> Option<u16> {
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     let url = v.get("nats")?.as_array()?.first()?.as_str()?;
     url.rsplit(':').next()?.parse().ok()
+}
+
+/// A free loopback port (bound, read and released: another process may take it in between,
+/// which only makes a start fail).
+fn free_port() -> Result<u16, HarnessError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A JetStream cluster of `nats-server`s with routes on loopback, each with its own store.
+///
+/// [`NatsCluster::start`] writes one configuration file per server (`server_name`, JetStream
+/// store, a `cluster` block listing every route) and starts them from it through
+/// [`NatsServer::start_with_config`], then waits until every server's monitoring endpoint
+/// `/healthz` answers `ok`, i.e. JetStream has a meta leader and is current.
+#[derive(Debug)]
+pub struct NatsCluster {
+    /// The servers, in start order; [`NatsServer::stop`] one to simulate its loss.
+    pub servers: Vec<NatsServer>,
+    monitor_ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts `n` servers (3 for replicas 3) and waits until the cluster is healthy.
+    pub fn start(n: usize) -> Result<Self, HarnessError> {
+        let dir = tempfile::tempdir()?;
+        let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
+        let monitor_ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut servers = Vec::with_capacity(n);
+        for i in 0..n {
+            let store = dir.path().join(format!("store-{i}"));
+            let conf = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: n{i}\nhttp: \"127.0.0.1:{}\"\n\
+                     jetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{ name: proxbalance, listen: \"127.0.0.1:{}\", routes: [{routes}] }}\n",
+                    monitor_ports[i],
+                    store.display(),
+                    route_ports[i],
+                ),
+            )?;
+            servers.push(NatsServer::start_with_config(&conf, None, &[])?);
+        }
+        let cluster = Self {
+            servers,
+            monitor_ports,
+            _dir: dir,
+        };
+        cluster.wait_healthy(&(0..n).collect::<Vec<_>>())?;
+        Ok(cluster)
+    }
+
+    /// The client URLs of every server, comma-separated (the services' `nats.url` form).
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until `/healthz` of each of `servers` (indices) answers `ok`.
+    pub fn wait_healthy(&self, servers: &[usize]) -> Result<(), HarnessError> {
+        let started = Instant::now();
+        for &i in servers {
+            loop {
+                if healthz(self.monitor_ports[i]).is_some_and(|b| b.contains("\"ok\"")) {
+                    break;
+                }
+                if started.elapsed() > START_TIMEOUT * 2 {
+                    return Err(HarnessError::Unhealthy {
+                        server: i,
+                        last: healthz(self.monitor_ports[i]).unwrap_or_default(),
+                    });
+                }
+                // A readiness probe of another process: nothing to wait on but its answer.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn healthz(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
 }
 
 #[cfg(test)]

@@ -446,6 +446,7 @@ async fn run_polls_two_clusters_and_a_failing_one_does_not_hold_up_the_other() {
         nats: Default::default(),
         metrics: Default::default(),
         clusters: vec![mk("good", &good_secret), mk("bad", &bad_secret)],
+        telemetry: Default::default(),
     };
     cfg.nats.url = nats.url();
 

@@ -1,0 +1,142 @@
+//! Bad gRPC requests: out-of-range and malformed overrides, unknown keys, an oversized request.
+//! Each is refused with a status naming what is wrong (`INVALID_ARGUMENT`; `OUT_OF_RANGE` for a
+//! request over the 4 MiB decoding limit, which tonic refuses before decoding), and the
+//! service keeps answering.
+
+mod support;
+
+use std::time::Duration;
+
+use proxbalance_collector::publisher::StreamLimits;
+use proxbalance_e2e::NatsServer;
+use proxbalance_proto::v1 as pb;
+use support::{Driver, Recommender, until_cycle};
+
+fn request(overrides: pb::Overrides) -> pb::GetRecommendationsRequest {
+    pb::GetRecommendationsRequest {
+        cluster: "demo".into(),
+        overrides: Some(overrides),
+        limit: 0,
+    }
+}
+
+fn thresholds(cpu: f64) -> pb::Overrides {
+    pb::Overrides {
+        thresholds: Some(pb::Thresholds {
+            cpu: Some(cpu),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn penalty(key: &str, value: &str) -> pb::Overrides {
+    pb::Overrides {
+        penalties: [(key.to_owned(), value.to_owned())].into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_with_a_status_and_never_crash() {
+    support::log();
+    let nats = NatsServer::start().expect("nats-server");
+    let url = nats.url();
+    let mut demo = Driver::start(
+        "demo",
+        &url,
+        &StreamLimits::default(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let rec = Recommender::start(&url).await;
+    let mut watch = rec.watch("demo").await;
+    demo.cycle(10.0).await;
+    until_cycle(&mut watch, demo.last_cycle).await;
+    let good = rec.recommendations("demo").await;
+
+    let huge = "n".repeat(5 << 20);
+    let cases: Vec<(pb::GetRecommendationsRequest, tonic::Code)> = vec![
+        (request(thresholds(-5.0)), tonic::Code::InvalidArgument),
+        (request(thresholds(250.0)), tonic::Code::InvalidArgument),
+        (request(thresholds(f64::NAN)), tonic::Code::InvalidArgument),
+        (
+            request(penalty("no_such_key", "1")),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            request(penalty("min_score_improvement", "lots")),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            request(penalty("min_score_improvement", "-1e309")),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            request(pb::Overrides {
+                preset: Some("reckless".into()),
+                ..Default::default()
+            }),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            request(pb::Overrides {
+                maintenance_nodes: vec!["nope".into()],
+                ..Default::default()
+            }),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            request(pb::Overrides {
+                maintenance_nodes: vec![huge],
+                ..Default::default()
+            }),
+            tonic::Code::OutOfRange,
+        ),
+    ];
+    let mut seen = Vec::new();
+    for (req, code) in cases {
+        let err = rec
+            .client
+            .clone()
+            .get_recommendations(req)
+            .await
+            .expect_err("refused");
+        seen.push(format!("{:?}: {}", err.code(), err.message()));
+        assert_eq!(err.code(), code, "{seen:?}");
+    }
+    // The other methods with overrides: the same checks.
+    let err = rec
+        .client
+        .clone()
+        .get_migration_options(pb::GetMigrationOptionsRequest {
+            cluster: "demo".into(),
+            vmid: 601,
+            overrides: Some(penalty("no_such_key", "1")),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        err.message(),
+        "overrides.penalties.no_such_key: unknown key"
+    );
+    assert_eq!(
+        seen,
+        vec![
+            "InvalidArgument: overrides.thresholds.cpu: must be within 1–100, got -5",
+            "InvalidArgument: overrides.thresholds.cpu: must be within 1–100, got 250",
+            "InvalidArgument: overrides.thresholds.cpu: must be within 1–100, got NaN",
+            "InvalidArgument: overrides.penalties.no_such_key: unknown key",
+            "InvalidArgument: overrides.penalties.min_score_improvement: must be a number",
+            "InvalidArgument: overrides.penalties.min_score_improvement: must be a number",
+            "InvalidArgument: overrides.preset: unknown preset \"reckless\" (expected conservative, balanced or aggressive)",
+            "InvalidArgument: overrides.maintenance_nodes: no node named \"nope\" in the cluster",
+            "OutOfRange: Error, decoded message length too large: found 5242896 bytes, the limit is: 4194304 bytes",
+        ]
+    );
+    // Still serving, unchanged.
+    assert_eq!(rec.recommendations("demo").await, good);
+    rec.stop().await;
+    demo.sim.shutdown().await;
+}

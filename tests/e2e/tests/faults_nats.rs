@@ -1,0 +1,263 @@
+//! NATS faults: the server stopped for 10 s in the middle of a run and restarted on the same
+//! port and store. The collector keeps polling and keeps what it cannot publish in its retry
+//! buffer; once the server is back it re-publishes in order with the original `Nats-Msg-Id`,
+//! and the recommender's consumer resumes. Published, stored and applied snapshots match.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use proxbalance_collector::publisher::StreamLimits;
+use proxbalance_e2e::NatsServer;
+use support::{Driver, Recommender, stored_snapshots, until_cycle};
+
+const OUTAGE: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_loses_no_cycle_within_the_retry_buffer() {
+    support::log();
+    let mut nats = NatsServer::start().expect("nats-server");
+    let url = nats.url();
+    let mut driver = Driver::start(
+        "demo",
+        &url,
+        &StreamLimits::default(),
+        Duration::from_millis(500),
+    )
+    .await;
+    let rec = Recommender::start(&url).await;
+    let mut watch = rec.watch("demo").await;
+
+    // Two cycles with NATS up.
+    for _ in 0..2 {
+        let (out, report) = driver.cycle(10.0).await;
+        assert!(out.status.errors.is_empty(), "{:?}", out.status.errors);
+        assert_eq!((report.failed, report.buffered), (0, 0));
+    }
+    let before = until_cycle(&mut watch, driver.collector_last_cycle()).await;
+    assert_eq!(before.cycle, driver.collector_last_cycle());
+
+    // NATS down for 10 s (real time: the outage's length is the point). The collector keeps
+    // polling PVE every second; everything it builds waits in the buffer.
+    nats.stop();
+    let down = Instant::now();
+    let mut outage_cycles = 0;
+    while down.elapsed() < OUTAGE {
+        let started = Instant::now();
+        let (out, report) = driver.cycle(10.0).await;
+        assert!(out.status.errors.is_empty(), "{:?}", out.status.errors);
+        assert_eq!(report.published, 0, "{report:?}");
+        assert_eq!(report.dropped, 0);
+        outage_cycles += 1;
+        if let Some(rest) = Duration::from_secs(1).checked_sub(started.elapsed()) {
+            tokio::time::sleep(rest).await;
+        }
+    }
+    let buffered = driver.retry.len();
+    assert_eq!(
+        buffered,
+        outage_cycles * 8,
+        "7 snapshots and 1 status per cycle"
+    );
+    assert!(
+        outage_cycles >= 5,
+        "{outage_cycles} cycles during the outage"
+    );
+    nats.restart().expect("nats-server restarts");
+    // The event to wait for: the publisher's connection is back (flush returns once the
+    // client has reconnected and the server has answered).
+    tokio::time::timeout(support::WAIT, driver.nats.flush())
+        .await
+        .expect("reconnected in time")
+        .expect("flush");
+
+    // The next cycle re-publishes the buffer first, then its own messages.
+    let (_, report) = driver.cycle(10.0).await;
+    assert_eq!(report.retried, buffered, "{report:?}");
+    assert_eq!((report.failed, report.buffered, report.dropped), (0, 0, 0));
+    let (_, report) = driver.cycle(10.0).await;
+    assert_eq!((report.failed, report.buffered), (0, 0));
+    let last = driver.collector_last_cycle();
+    let after = until_cycle(&mut watch, last).await;
+    assert_eq!(after.cycle, last);
+
+    // Published = stored = applied, every (node, cycle) once.
+    let cycles = 2 + outage_cycles + 2;
+    assert_eq!(driver.snapshots_built, cycles * 7);
+    assert_eq!(driver.acked, driver.messages_built);
+    assert_eq!(driver.dropped, 0);
+    let stored = stored_snapshots(&url).await;
+    let unique: BTreeSet<&(String, u64)> = stored.iter().collect();
+    assert_eq!(stored.len(), driver.snapshots_built, "stored");
+    assert_eq!(unique.len(), stored.len(), "no duplicates stored");
+    assert_eq!(rec.applied(), driver.snapshots_built as u64, "applied");
+    println!(
+        "outage {:?}: {outage_cycles} cycles buffered ({buffered} messages), {} snapshots published, stored and applied",
+        OUTAGE, driver.snapshots_built
+    );
+    rec.stop().await;
+    driver.sim.shutdown().await;
+}
+
+/// Events in `PROXBALANCE_EVENTS` read from `url` until `done` says every expected one is in:
+/// overload event ids and recommendation generations.
+async fn stored_events(
+    url: &str,
+    done: impl Fn(&[String], &[u64]) -> bool,
+) -> (Vec<String>, Vec<u64>) {
+    use async_nats::jetstream::consumer::DeliverPolicy;
+    use async_nats::jetstream::consumer::pull::OrderedConfig;
+    use futures_util::StreamExt;
+    use proxbalance_proto::subjects::{Subject, Subjects};
+    use proxbalance_proto::v1 as pb;
+    let js = async_nats::jetstream::new(support::nats_connect(url).await);
+    // Right after losing a server the stream may still be electing a leader: its requests
+    // time out, and are asked again.
+    let mut last_error = String::new();
+    let mut found = None;
+    for _ in 0..6 {
+        let attempt = async {
+            js.get_stream("PROXBALANCE_EVENTS")
+                .await
+                .map_err(|e| e.to_string())?
+                .create_consumer(OrderedConfig {
+                    deliver_policy: DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .messages()
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match attempt.await {
+            Ok(m) => {
+                found = Some(m);
+                break;
+            }
+            Err(e) => last_error = e,
+        }
+    }
+    let mut messages = found.unwrap_or_else(|| panic!("events stream: {last_error}"));
+    let subjects = Subjects::default();
+    let (mut overload, mut generations) = (Vec::new(), Vec::new());
+    tokio::time::timeout(support::WAIT, async {
+        while !done(&overload, &generations) {
+            let msg = messages.next().await.expect("open").expect("event");
+            match subjects.parse(msg.subject.as_str()).expect("subject") {
+                Subject::Overload { .. } => {
+                    let e: pb::OverloadEvent =
+                        proxbalance_proto::decode(&msg.payload).expect("event");
+                    overload.push(e.event_id);
+                }
+                Subject::Recommendations { .. } => {
+                    let c: pb::RecommendationsChanged =
+                        proxbalance_proto::decode(&msg.payload).expect("event");
+                    generations.push(c.generation);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("every event stored in time");
+    (overload, generations)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_cluster_member_loses_no_snapshot_or_event() {
+    support::log();
+    let mut cluster = proxbalance_e2e::NatsCluster::start(3).expect("3-server cluster");
+    // The services are given every server (`nats.url` comma-separated; the servers a client
+    // learns from the cluster's gossip depend on timing, so one URL is not enough).
+    let first = cluster.urls();
+    let limits = StreamLimits {
+        replicas: 3,
+        ..StreamLimits::default()
+    };
+    let mut driver = Driver::start("demo", &first, &limits, Duration::from_secs(2)).await;
+    let mut config = support::config(&first);
+    config.nats.events_replicas = 3;
+    let rec = Recommender::start_with(config).await;
+    let mut watch = rec.watch("demo").await;
+    let mut overload_events = rec
+        .client
+        .clone()
+        .watch_events(proxbalance_proto::v1::WatchEventsRequest::default())
+        .await
+        .expect("watch events")
+        .into_inner();
+
+    for _ in 0..2 {
+        let (out, report) = driver.cycle(10.0).await;
+        assert!(out.status.errors.is_empty(), "{:?}", out.status.errors);
+        assert_eq!(report.failed, 0);
+    }
+    until_cycle(&mut watch, driver.last_cycle).await;
+
+    // Server 0 dies. The collector polls every second; cycles that cannot be stored while the
+    // clients reconnect and the streams elect new leaders wait in the retry buffer.
+    // The server the collector is connected to dies.
+    let port = driver.nats.server_info().port;
+    let victim = cluster
+        .servers
+        .iter()
+        .position(|s| s.port() == port)
+        .expect("connected to a cluster member");
+    cluster.servers[victim].stop();
+    let lost = Instant::now();
+    let mut cycles_after = 0;
+    loop {
+        let started = Instant::now();
+        let (_, report) = driver.cycle(10.0).await;
+        cycles_after += 1;
+        assert_eq!(report.dropped, 0);
+        if report.buffered == 0 && report.failed == 0 {
+            break;
+        }
+        assert!(cycles_after < 60, "still failing: {report:?}");
+        if let Some(rest) = Duration::from_secs(1).checked_sub(started.elapsed()) {
+            tokio::time::sleep(rest).await;
+        }
+    }
+    let recovered = lost.elapsed();
+    let (_, report) = driver.cycle(10.0).await;
+    assert_eq!((report.failed, report.buffered), (0, 0));
+    let last = until_cycle(&mut watch, driver.last_cycle).await;
+
+    let survivor = cluster.servers[(victim + 1) % 3].url();
+    let stored = stored_snapshots(&survivor).await;
+    let unique: BTreeSet<&(String, u64)> = stored.iter().collect();
+    assert_eq!(stored.len(), driver.snapshots_built, "stored");
+    assert_eq!(unique.len(), stored.len(), "no duplicates stored");
+    assert_eq!(rec.applied(), driver.snapshots_built as u64, "applied");
+    assert_eq!(driver.acked, driver.messages_built);
+
+    // Every event the recommender emitted is stored once: the overload transitions it told
+    // its watchers about, and every recommendations generation up to the last.
+    let mut emitted = Vec::new();
+    while let Ok(Some(e)) =
+        tokio::time::timeout(Duration::from_millis(1), overload_events.message())
+            .await
+            .unwrap_or(Ok(None))
+    {
+        emitted.push(e.event_id);
+    }
+    let generations: Vec<u64> = (1..=last.generation).collect();
+    let (overload, stored_generations) = stored_events(&survivor, |o, g| {
+        emitted.iter().all(|id| o.contains(id)) && generations.iter().all(|x| g.contains(x))
+    })
+    .await;
+    let unique_overload: BTreeSet<&String> = overload.iter().collect();
+    assert_eq!(unique_overload.len(), overload.len(), "{overload:?}");
+    assert_eq!(stored_generations, generations);
+    println!(
+        "server {victim} of 3 killed: {cycles_after} cycles until a clean one ({recovered:?}); {} snapshots built = stored = applied; {} overload events and {} generations stored once",
+        driver.snapshots_built,
+        overload.len(),
+        stored_generations.len()
+    );
+    rec.stop().await;
+    driver.sim.shutdown().await;
+}
