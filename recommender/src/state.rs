@@ -202,11 +202,11 @@ fn check_bytes(field: impl FnOnce() -> String, v: u64) -> Result<(), Rejection> 
     }
 }
 
-fn check_used(field: &str, used: u64, total: u64) -> Result<(), Rejection> {
+fn check_used(field: impl FnOnce() -> String, used: u64, total: u64) -> Result<(), Rejection> {
     if used > total {
         Err(reject(
             Problem::UsedExceedsTotal,
-            field,
+            field(),
             format!("{used} bytes used exceed the total of {total}"),
         ))
     } else {
@@ -226,19 +226,21 @@ fn check_len(field: impl FnOnce() -> String, v: &str, max: usize) -> Result<(), 
     }
 }
 
-fn check_name(field: &str, v: &str) -> Result<(), Rejection> {
+// The field names are built only when a check fails: validation runs for every snapshot and
+// formatting a path per guest and list would dominate ingest.
+fn check_name(field: impl Fn() -> String, v: &str) -> Result<(), Rejection> {
     if v.trim().is_empty() {
-        Err(invalid(field, "expected a non-empty name"))
+        Err(invalid(field(), "expected a non-empty name"))
     } else {
-        check_len(|| field.to_owned(), v, limits::MAX_NAME_BYTES)
+        check_len(field, v, limits::MAX_NAME_BYTES)
     }
 }
 
-fn check_count(field: &str, n: usize, max: usize) -> Result<(), Rejection> {
+fn check_count(field: impl FnOnce() -> String, n: usize, max: usize) -> Result<(), Rejection> {
     if n > max {
         Err(reject(
             Problem::TooMany,
-            field,
+            field(),
             format!("{n} entries exceed the limit of {max}"),
         ))
     } else {
@@ -263,8 +265,8 @@ fn check_match(field: &'static str, subject: &str, payload: &str) -> Result<(), 
 /// in the same cycle needs the state and is checked by [`State::ingest`].
 pub fn validate_snapshot(s: &pb::NodeSnapshot) -> Result<(), Rejection> {
     use limits::*;
-    check_name("cluster", &s.cluster)?;
-    check_name("node", &s.node)?;
+    check_name(|| "cluster".to_owned(), &s.cluster)?;
+    check_name(|| "node".to_owned(), &s.node)?;
     if s.observed_at_unix_ms <= 0 || s.observed_at_unix_ms > MAX_TIME_MS {
         return Err(invalid(
             "observed_at_unix_ms",
@@ -282,7 +284,7 @@ pub fn validate_snapshot(s: &pb::NodeSnapshot) -> Result<(), Rejection> {
     if let Some(v) = s.iowait_fraction {
         check_number(|| "iowait_fraction".into(), v, MAX_FRACTION)?;
     }
-    check_count("load_average", s.load_average.len(), MAX_LIST)?;
+    check_count(|| "load_average".to_owned(), s.load_average.len(), MAX_LIST)?;
     for (i, v) in s.load_average.iter().enumerate() {
         check_number(|| format!("load_average[{i}]"), *v, MAX_LOAD)?;
     }
@@ -298,13 +300,21 @@ pub fn validate_snapshot(s: &pb::NodeSnapshot) -> Result<(), Rejection> {
     ] {
         check_bytes(|| k.to_owned(), v)?;
     }
-    check_used("mem_used_bytes", s.mem_used_bytes, s.mem_total_bytes)?;
     check_used(
-        "mem_available_bytes",
+        || "mem_used_bytes".to_owned(),
+        s.mem_used_bytes,
+        s.mem_total_bytes,
+    )?;
+    check_used(
+        || "mem_available_bytes".to_owned(),
         s.mem_available_bytes,
         s.mem_total_bytes,
     )?;
-    check_used("swap_used_bytes", s.swap_used_bytes, s.swap_total_bytes)?;
+    check_used(
+        || "swap_used_bytes".to_owned(),
+        s.swap_used_bytes,
+        s.swap_total_bytes,
+    )?;
     if let Some(p) = &s.pressure {
         for (k, v) in [
             ("cpu_some", p.cpu_some),
@@ -316,9 +326,13 @@ pub fn validate_snapshot(s: &pb::NodeSnapshot) -> Result<(), Rejection> {
             check_number(|| format!("pressure.{k}"), v, 100.0)?;
         }
     }
-    check_count("storages", s.storages.len(), MAX_STORAGES_PER_SNAPSHOT)?;
+    check_count(
+        || "storages".to_owned(),
+        s.storages.len(),
+        MAX_STORAGES_PER_SNAPSHOT,
+    )?;
     for (i, st) in s.storages.iter().enumerate() {
-        check_name(&format!("storages[{i}].id"), &st.id)?;
+        check_name(|| format!("storages[{i}].id"), &st.id)?;
         check_len(|| format!("storages[{i}].type"), &st.r#type, MAX_NAME_BYTES)?;
         check_len(
             || format!("storages[{i}].content"),
@@ -328,12 +342,16 @@ pub fn validate_snapshot(s: &pb::NodeSnapshot) -> Result<(), Rejection> {
         check_bytes(|| format!("storages[{i}].total_bytes"), st.total_bytes)?;
         check_bytes(|| format!("storages[{i}].used_bytes"), st.used_bytes)?;
         check_used(
-            &format!("storages[{i}].used_bytes"),
+            || format!("storages[{i}].used_bytes"),
             st.used_bytes,
             st.total_bytes,
         )?;
     }
-    check_count("guests", s.guests.len(), MAX_GUESTS_PER_SNAPSHOT)?;
+    check_count(
+        || "guests".to_owned(),
+        s.guests.len(),
+        MAX_GUESTS_PER_SNAPSHOT,
+    )?;
     let mut vmids = BTreeSet::new();
     for (i, g) in s.guests.iter().enumerate() {
         if g.vmid == 0 {
@@ -388,23 +406,27 @@ pub fn validate_snapshot(s: &pb::NodeSnapshot) -> Result<(), Rejection> {
             ("storages", &g.storages),
             ("local_storages", &g.local_storages),
         ] {
-            check_count(&format!("guests[{i}].{k}"), list.len(), MAX_LIST)?;
+            check_count(|| format!("guests[{i}].{k}"), list.len(), MAX_LIST)?;
             for (j, v) in list.iter().enumerate() {
                 check_len(|| format!("guests[{i}].{k}[{j}]"), v, MAX_NAME_BYTES)?;
             }
         }
         for (j, st) in g.storages.iter().enumerate() {
-            check_name(&format!("guests[{i}].storages[{j}]"), st)?;
+            check_name(|| format!("guests[{i}].storages[{j}]"), st)?;
         }
     }
     Ok(())
 }
 
 fn validate_history(h: &pb::NodeHistory) -> Result<(), Rejection> {
-    check_name("cluster", &h.cluster)?;
-    check_name("node", &h.node)?;
+    check_name(|| "cluster".to_owned(), &h.cluster)?;
+    check_name(|| "node".to_owned(), &h.node)?;
     for (series, points) in [("day", &h.day), ("week", &h.week)] {
-        check_count(series, points.len(), limits::MAX_HISTORY_POINTS)?;
+        check_count(
+            || series.to_owned(),
+            points.len(),
+            limits::MAX_HISTORY_POINTS,
+        )?;
         for (i, p) in points.iter().enumerate() {
             for (k, v, max) in [
                 ("cpu_fraction", p.cpu_fraction, limits::MAX_FRACTION),
@@ -427,11 +449,19 @@ fn validate_history(h: &pb::NodeHistory) -> Result<(), Rejection> {
 }
 
 fn validate_status(st: &pb::ClusterStatus) -> Result<(), Rejection> {
-    check_name("cluster", &st.cluster)?;
-    check_count("nodes", st.nodes.len(), limits::MAX_STATUS_ENTRIES)?;
-    check_count("errors", st.errors.len(), limits::MAX_STATUS_ENTRIES)?;
+    check_name(|| "cluster".to_owned(), &st.cluster)?;
+    check_count(
+        || "nodes".to_owned(),
+        st.nodes.len(),
+        limits::MAX_STATUS_ENTRIES,
+    )?;
+    check_count(
+        || "errors".to_owned(),
+        st.errors.len(),
+        limits::MAX_STATUS_ENTRIES,
+    )?;
     for (i, n) in st.nodes.iter().enumerate() {
-        check_name(&format!("nodes[{i}].node"), &n.node)?;
+        check_name(|| format!("nodes[{i}].node"), &n.node)?;
     }
     check_len(
         || "pve_version".to_owned(),
@@ -514,6 +544,9 @@ struct ClusterState {
     status: Option<pb::ClusterStatus>,
     completed_cycle: Option<u64>,
     cached: Option<Cached>,
+    /// vmid → the node whose latest snapshot lists it (the last one applied, when several do),
+    /// so the check that a guest is on one node per cycle does not scan every node.
+    claims: std::collections::HashMap<u32, String>,
 }
 
 impl ClusterState {
@@ -670,24 +703,16 @@ impl State {
         let Some(c) = self.clusters.get(&s.cluster) else {
             return Ok(());
         };
-        let mine: BTreeMap<u32, usize> = s
-            .guests
-            .iter()
-            .enumerate()
-            .map(|(i, g)| (g.vmid, i))
-            .collect();
-        for (name, n) in &c.nodes {
-            let Some(other) = n.latest.as_ref() else {
+        for (i, g) in s.guests.iter().enumerate() {
+            let Some(name) = c.claims.get(&g.vmid) else {
                 continue;
             };
-            if *name == s.node || other.cycle != s.cycle {
-                continue;
-            }
-            if let Some((i, g)) = other
-                .guests
-                .iter()
-                .find_map(|g| mine.get(&g.vmid).map(|i| (*i, g)))
-            {
+            let same_cycle = c
+                .nodes
+                .get(name)
+                .and_then(|n| n.latest.as_ref())
+                .is_some_and(|other| other.cycle == s.cycle);
+            if *name != s.node && same_cycle {
                 return Err(reject(
                     Problem::GuestOnTwoNodes,
                     format!("guests[{i}].vmid"),
@@ -718,6 +743,16 @@ impl State {
             .as_ref()
             .is_none_or(|l| l.observed_at_unix_ms <= s.observed_at_unix_ms)
         {
+            if let Some(old) = &node.latest {
+                for g in &old.guests {
+                    if c.claims.get(&g.vmid).is_some_and(|owner| *owner == s.node) {
+                        c.claims.remove(&g.vmid);
+                    }
+                }
+            }
+            for g in &s.guests {
+                c.claims.insert(g.vmid, s.node.clone());
+            }
             node.latest = Some(s);
         }
         // The cycle is complete when every node of the last status has sent this cycle.

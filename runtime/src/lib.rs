@@ -1,12 +1,15 @@
 //! What the proxbalance services share at run time, kept in one place so the collector and the
 //! recommender behave alike:
 //!
-//! - [`NatsSettings`] and [`connect_nats`]: the NATS connection (URL, credentials file, timeout);
+//! - [`NatsSettings`] and [`connect_nats`]: the NATS connection (URL, timeout, user/password,
+//!   nkey or credentials file, TLS); secrets come from files or the environment ([`secret`]);
 //! - [`load_config`]: a TOML file with environment overrides, unknown keys refused;
 //! - [`init_logging`]: `tracing` to stderr, text or JSON, filtered by `RUST_LOG`;
 //! - [`start_metrics_exporter`]: the Prometheus `/metrics` listener;
 //! - [`shutdown_on_signal`]: a cancellation token cancelled by SIGTERM or SIGINT;
 //! - [`install_crypto_provider`]: the process-wide rustls provider (ring).
+//! - [`telemetry`]: logs (text or JSON) and opt-in OpenTelemetry traces over OTLP, with the
+//!   `traceparent` helpers that carry a trace across NATS and gRPC.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,17 +21,37 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+mod env_lists;
+pub mod secret;
+
+pub use secret::{Secret, SecretError, redact_url};
+
+pub mod telemetry;
+
+pub use telemetry::{Telemetry, TelemetryConfig, TelemetryError, init_telemetry};
+
 /// Why a run-time facility could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// NATS could not be reached or the credentials could not be read.
+    /// NATS could not be reached or refused the login.
     #[error("cannot connect to NATS at {url}: {detail}")]
     Connect {
-        /// The configured URL.
+        /// The configured URL, with any user-info replaced by `***` ([`redact_url`]).
         url: String,
-        /// What failed.
+        /// What failed (never a secret).
         detail: String,
     },
+    /// A NATS setting is inconsistent or a file it names is unusable.
+    #[error("configuration, {field}: {detail}")]
+    Invalid {
+        /// The key at fault (e.g. `nats.password_file`).
+        field: String,
+        /// What was expected.
+        detail: String,
+    },
+    /// A secret could not be read from its file or environment variable.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     /// The configuration file or environment could not be read into the configuration.
     #[error("configuration: {0}")]
     Config(#[from] Box<figment::Error>),
@@ -37,16 +60,37 @@ pub enum RuntimeError {
     Metrics(String),
 }
 
-/// How to reach NATS. Embedded as the connection part of each service's `[nats]` table.
+/// How to reach NATS and log in. Embedded as the connection part of each service's `[nats]`
+/// table; the keys below are named as they appear there (`nats.user`, …).
+///
+/// At most one login method: `user` with `password_file` or `password_env`, `nkey_seed_file`,
+/// or `credentials_file`. Secrets are read from files or the environment when connecting, never
+/// from the URL (a URL with `user:password@` is refused) nor the command line.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsSettings {
-    /// Server URL(s), comma-separated.
+    /// Server URL(s), comma-separated; `tls://` requires TLS.
     pub url: String,
     /// Time to wait for the initial connection, milliseconds.
     pub connect_timeout_ms: u64,
-    /// A NATS credentials file (JWT + nkey), if the server requires it.
+    /// A NATS credentials file (JWT + nkey seed), for servers with an operator.
     pub credentials_file: Option<PathBuf>,
+    /// User name for user/password login.
+    pub user: Option<String>,
+    /// File holding the password of `user` (e.g. a systemd credential).
+    pub password_file: Option<PathBuf>,
+    /// Name of the environment variable holding the password of `user`.
+    pub password_env: Option<String>,
+    /// File holding the nkey seed (`SU…`) for nkey login.
+    pub nkey_seed_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the server's certificate; setting it requires TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with `tls_key_file`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Refuse to talk to a server without TLS even when no CA file is given.
+    pub tls_required: bool,
 }
 
 impl Default for NatsSettings {
@@ -55,34 +99,181 @@ impl Default for NatsSettings {
             url: "nats://127.0.0.1:4222".into(),
             connect_timeout_ms: 5000,
             credentials_file: None,
+            user: None,
+            password_file: None,
+            password_env: None,
+            nkey_seed_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
         }
     }
 }
 
-/// Connects to NATS as `client_name` with the given settings. The client reconnects on its own
-/// after the first connection succeeds.
-pub async fn connect_nats(
+impl NatsSettings {
+    /// Checks that the login and TLS settings are consistent, without reading any file.
+    /// Errors name the key with the `nats.` prefix.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        let invalid = |field: &str, detail: &str| RuntimeError::Invalid {
+            field: format!("nats.{field}"),
+            detail: detail.to_owned(),
+        };
+        if secret::url_has_userinfo(&self.url) {
+            return Err(invalid(
+                "url",
+                "credentials in the URL are refused; use nats.user with nats.password_file or nats.password_env",
+            ));
+        }
+        let methods = [
+            self.user.is_some(),
+            self.nkey_seed_file.is_some(),
+            self.credentials_file.is_some(),
+        ];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            return Err(invalid(
+                "user",
+                "expected at most one of user, nkey_seed_file and credentials_file",
+            ));
+        }
+        match (
+            self.user.as_deref(),
+            &self.password_file,
+            &self.password_env,
+        ) {
+            (Some(""), _, _) => return Err(invalid("user", "expected a non-empty name")),
+            (Some(_), Some(_), Some(_)) => {
+                return Err(invalid(
+                    "password_file",
+                    "expected one of password_file and password_env, not both",
+                ));
+            }
+            (Some(_), None, None) => {
+                return Err(invalid(
+                    "password_file",
+                    "nats.user needs nats.password_file or nats.password_env",
+                ));
+            }
+            (None, Some(_), _) => {
+                return Err(invalid("password_file", "set only together with nats.user"));
+            }
+            (None, None, Some(_)) => {
+                return Err(invalid("password_env", "set only together with nats.user"));
+            }
+            _ => {}
+        }
+        if let Some("") = self.password_env.as_deref() {
+            return Err(invalid("password_env", "expected a variable name"));
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => {
+                return Err(invalid("tls_key_file", "required with nats.tls_cert_file"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("tls_cert_file", "required with nats.tls_key_file"));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The URL as it may be logged (user-info replaced by `***`).
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// Builds the connect options of `settings` (login, TLS, timeout, name), reading the password
+/// or seed from its file or environment variable. The tests use it to connect exactly as a
+/// service does.
+pub async fn nats_connect_options(
     settings: &NatsSettings,
     client_name: &str,
-) -> Result<async_nats::Client, RuntimeError> {
-    let url = settings.url.clone();
-    let mut opts = async_nats::ConnectOptions::new()
-        .name(client_name)
-        .connection_timeout(Duration::from_millis(settings.connect_timeout_ms.max(1)));
+) -> Result<async_nats::ConnectOptions, RuntimeError> {
+    settings.validate()?;
+    let mut opts = async_nats::ConnectOptions::new();
+    if let Some(user) = &settings.user {
+        let password = match (&settings.password_file, &settings.password_env) {
+            (Some(file), _) => Secret::from_file(file, "nats.password_file")?,
+            (None, Some(var)) => Secret::from_env(var, "nats.password_env")?,
+            (None, None) => unreachable!("validated"),
+        };
+        opts = opts.user_and_password(user.clone(), password.expose().to_owned());
+    }
+    if let Some(file) = &settings.nkey_seed_file {
+        let seed = Secret::from_file(file, "nats.nkey_seed_file")?;
+        // Checked here so that a bad seed is reported with its key, not at the first connect.
+        if nkeys::KeyPair::from_seed(seed.expose()).is_err() {
+            return Err(RuntimeError::Invalid {
+                field: "nats.nkey_seed_file".into(),
+                detail: format!("{} does not hold an nkey seed", file.display()),
+            });
+        }
+        opts = opts.nkey(seed.expose().to_owned());
+    }
     if let Some(creds) = &settings.credentials_file {
         opts = opts
             .credentials_file(creds)
             .await
-            .map_err(|e| RuntimeError::Connect {
-                url: url.clone(),
-                detail: format!("nats.credentials_file {}: {e}", creds.display()),
+            .map_err(|e| RuntimeError::Invalid {
+                field: "nats.credentials_file".into(),
+                detail: format!("{}: {}", creds.display(), e.kind()),
             })?;
     }
-    opts.connect(url.as_str())
+    for (field, file) in [
+        ("nats.tls_ca_file", &settings.tls_ca_file),
+        ("nats.tls_cert_file", &settings.tls_cert_file),
+        ("nats.tls_key_file", &settings.tls_key_file),
+    ] {
+        if let Some(file) = file
+            && let Err(e) = std::fs::metadata(file)
+        {
+            return Err(RuntimeError::Invalid {
+                field: field.into(),
+                detail: format!("cannot read {}: {e}", file.display()),
+            });
+        }
+    }
+    if let Some(ca) = &settings.tls_ca_file {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&settings.tls_cert_file, &settings.tls_key_file) {
+        opts = opts
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    if settings.tls_required {
+        opts = opts.require_tls(true);
+    }
+    Ok(opts
+        .name(client_name)
+        .connection_timeout(Duration::from_millis(settings.connect_timeout_ms.max(1))))
+}
+
+/// Connects to NATS as `client_name` with the given settings. The client reconnects on its own
+/// after the first connection succeeds. Errors carry the redacted URL and never a secret.
+pub async fn connect_nats(
+    settings: &NatsSettings,
+    client_name: &str,
+) -> Result<async_nats::Client, RuntimeError> {
+    let opts = nats_connect_options(settings, client_name).await?;
+    // `url` may list several servers, comma-separated (a cluster): the client needs more than
+    // the one it first reaches to survive that one's loss, since the servers it learns from
+    // the cluster's gossip depend on timing.
+    let servers = settings
+        .url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| RuntimeError::Connect {
+            url: settings.redacted_url(),
+            detail: redact_url(&e.to_string()),
+        })?;
+    opts.connect(servers)
         .await
         .map_err(|e| RuntimeError::Connect {
-            url,
-            detail: e.to_string(),
+            url: settings.redacted_url(),
+            detail: redact_url(&e.to_string()),
         })
 }
 
@@ -97,8 +288,19 @@ pub fn load_config<T: DeserializeOwned>(
     if let Some(p) = path {
         fig = fig.merge(Toml::file_exact(p));
     }
-    fig = fig.merge(Env::prefixed(env_prefix).split("__"));
-    fig.extract().map_err(|e| RuntimeError::Config(Box::new(e)))
+    // List elements (`PREFIX__CLUSTERS__0__KEY`) are applied after figment: see `env_lists`.
+    fig = fig.merge(
+        Env::prefixed(env_prefix)
+            .filter(|k| !env_lists::addresses_list_element(k.as_str()))
+            .split("__"),
+    );
+    let mut merged: serde_json::Value = fig
+        .extract()
+        .map_err(|e| RuntimeError::Config(Box::new(e)))?;
+    env_lists::apply(&mut merged, env_prefix, std::env::vars())?;
+    Figment::from(figment::providers::Serialized::defaults(merged))
+        .extract()
+        .map_err(|e| RuntimeError::Config(Box::new(e)))
 }
 
 /// Parses a configuration from TOML text alone (tests, examples).
@@ -211,11 +413,97 @@ mod tests {
         let s = NatsSettings {
             url: "nats://127.0.0.1:1".into(),
             connect_timeout_ms: 200,
-            credentials_file: None,
+            ..Default::default()
         };
         let err = connect_nats(&s, "test").await.unwrap_err().to_string();
         assert!(
             err.starts_with("cannot connect to NATS at nats://127.0.0.1:1:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn login_settings_are_checked_and_name_the_key() {
+        let base = NatsSettings::default();
+        let check = |s: NatsSettings| s.validate().unwrap_err().to_string();
+        assert_eq!(
+            check(NatsSettings {
+                url: "nats://collector:hunter2@h:4222".into(),
+                ..base.clone()
+            }),
+            "configuration, nats.url: credentials in the URL are refused; use nats.user with nats.password_file or nats.password_env"
+        );
+        assert_eq!(
+            check(NatsSettings {
+                user: Some("u".into()),
+                ..base.clone()
+            }),
+            "configuration, nats.password_file: nats.user needs nats.password_file or nats.password_env"
+        );
+        assert_eq!(
+            check(NatsSettings {
+                user: Some("u".into()),
+                password_env: Some("X".into()),
+                nkey_seed_file: Some("s".into()),
+                ..base.clone()
+            }),
+            "configuration, nats.user: expected at most one of user, nkey_seed_file and credentials_file"
+        );
+        assert_eq!(
+            check(NatsSettings {
+                password_env: Some("X".into()),
+                ..base.clone()
+            }),
+            "configuration, nats.password_env: set only together with nats.user"
+        );
+        assert_eq!(
+            check(NatsSettings {
+                tls_cert_file: Some("c".into()),
+                ..base.clone()
+            }),
+            "configuration, nats.tls_key_file: required with nats.tls_cert_file"
+        );
+        assert!(
+            NatsSettings {
+                user: Some("u".into()),
+                password_file: Some("/p".into()),
+                tls_ca_file: Some("/ca".into()),
+                ..base
+            }
+            .validate()
+            .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn unreadable_secrets_name_the_key_and_not_the_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = dir.path().join("seed");
+        std::fs::write(&seed, "not-a-seed-but-secret\n").unwrap();
+        let s = NatsSettings {
+            nkey_seed_file: Some(seed.clone()),
+            ..Default::default()
+        };
+        let err = nats_connect_options(&s, "t").await.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "configuration, nats.nkey_seed_file: {} does not hold an nkey seed",
+                seed.display()
+            )
+        );
+        let missing = dir.path().join("missing");
+        let s = NatsSettings {
+            user: Some("u".into()),
+            password_file: Some(missing.clone()),
+            ..Default::default()
+        };
+        let err = nats_connect_options(&s, "t").await.unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "configuration, nats.password_file: cannot read {}: ",
+                missing.display()
+            )),
             "{err}"
         );
     }

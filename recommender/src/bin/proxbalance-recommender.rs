@@ -22,11 +22,18 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    proxbalance_runtime::init_logging(cli.json_logs);
     proxbalance_runtime::install_crypto_provider();
     let config = proxbalance_recommender::Config::load(cli.config.as_deref())?;
+    let telemetry = proxbalance_runtime::init_telemetry(
+        "proxbalance-recommender",
+        &config.telemetry,
+        cli.json_logs,
+    )?;
     proxbalance_runtime::start_metrics_exporter(config.metrics.listen.as_deref())?;
     let shutdown = proxbalance_runtime::shutdown_on_signal();
-    proxbalance_recommender::run(config, shutdown).await?;
+    let result = proxbalance_recommender::run(config, shutdown).await;
+    // Export the last spans before leaving, whatever the outcome.
+    telemetry.shutdown().await;
+    result?;
     Ok(())
 }

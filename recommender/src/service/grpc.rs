@@ -96,7 +96,82 @@ fn bad_override(e: ConfigError) -> Status {
     Status::invalid_argument(msg)
 }
 
+/// A cached set: the message and its encoded response.
+pub(super) struct CachedHit {
+    pub proto: Arc<pb::RecommendationSet>,
+    pub generation: u64,
+    pub encoded: prost::bytes::Bytes,
+}
+
 impl Service {
+    /// A service over the shared state.
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        Service { shared }
+    }
+
+    /// `GetRecommendations` without overrides and limit is served from the cache: `Ok(None)`
+    /// means the request must be computed afresh.
+    pub(super) fn cached_recommendations(
+        &self,
+        req: &pb::GetRecommendationsRequest,
+    ) -> Result<Option<CachedHit>, Status> {
+        require_cluster(&req.cluster)?;
+        if !convert::overrides_are_empty(req.overrides.as_ref()) || req.limit != 0 {
+            return Ok(None);
+        }
+        let state = self.shared.read();
+        if !state.knows(&req.cluster) {
+            return Err(unknown_cluster(&self.shared, &state, &req.cluster));
+        }
+        match state.cached(&req.cluster) {
+            Some(c) => Ok(Some(CachedHit {
+                proto: c.proto.clone(),
+                generation: c.generation,
+                encoded: c.encoded.clone(),
+            })),
+            None => Err(Status::unavailable(format!(
+                "cluster {:?}: no recommendations yet (waiting for a complete collection cycle)",
+                req.cluster
+            ))),
+        }
+    }
+
+    /// Plans the cluster afresh with the request's overrides and limit.
+    pub(super) async fn fresh_recommendations(
+        &self,
+        req: &pb::GetRecommendationsRequest,
+    ) -> Result<pb::GetRecommendationsResponse, Status> {
+        let (model, ov) = self
+            .tuned_cluster(&req.cluster, req.overrides.as_ref(), req.limit)
+            .await?;
+        let set = tokio::task::spawn_blocking(move || engine::plan(&model, ov.limit))
+            .await
+            .map_err(|e| Status::internal(format!("planning failed: {e}")))?;
+        Ok(pb::GetRecommendationsResponse {
+            set: Some(convert::set_to_proto(&set)),
+            computed_fresh: true,
+            generation: 0,
+        })
+    }
+
+    /// `GetRecommendations` answered with encoded bytes: the cached response as it is, or a
+    /// fresh one encoded once.
+    pub(super) async fn get_recommendations_encoded(
+        &self,
+        req: &pb::GetRecommendationsRequest,
+    ) -> Result<prost::bytes::Bytes, Status> {
+        let t = Timer::start("GetRecommendations");
+        let r = match self.cached_recommendations(req) {
+            Ok(Some(hit)) => Ok(hit.encoded),
+            Ok(None) => self
+                .fresh_recommendations(req)
+                .await
+                .map(|resp| prost::Message::encode_to_vec(&resp).into()),
+            Err(e) => Err(e),
+        };
+        t.done(r)
+    }
+
     /// Builds the cluster model with the request's overrides applied (off the async threads).
     async fn tuned_cluster(
         &self,
@@ -154,47 +229,16 @@ impl Recommender for Service {
     ) -> Result<Response<pb::GetRecommendationsResponse>, Status> {
         let t = Timer::start("GetRecommendations");
         let req = request.into_inner();
-        if let Err(e) = require_cluster(&req.cluster) {
-            return t.done(Err(e));
-        }
-        if convert::overrides_are_empty(req.overrides.as_ref()) && req.limit == 0 {
-            let cached = {
-                let state = self.shared.read();
-                if !state.knows(&req.cluster) {
-                    return t.done(Err(unknown_cluster(&self.shared, &state, &req.cluster)));
-                }
-                state
-                    .cached(&req.cluster)
-                    .map(|c| (c.proto.clone(), c.generation))
-            };
-            let r = match cached {
-                Some((set, generation)) => Ok(Response::new(pb::GetRecommendationsResponse {
-                    set: Some((*set).clone()),
-                    computed_fresh: false,
-                    generation,
-                })),
-                None => Err(Status::unavailable(format!(
-                    "cluster {:?}: no recommendations yet (waiting for a complete collection cycle)",
-                    req.cluster
-                ))),
-            };
-            return t.done(r);
-        }
-        let r = async {
-            let (model, ov) = self
-                .tuned_cluster(&req.cluster, req.overrides.as_ref(), req.limit)
-                .await?;
-            let set = tokio::task::spawn_blocking(move || engine::plan(&model, ov.limit))
-                .await
-                .map_err(|e| Status::internal(format!("planning failed: {e}")))?;
-            Ok(Response::new(pb::GetRecommendationsResponse {
-                set: Some(convert::set_to_proto(&set)),
-                computed_fresh: true,
-                generation: 0,
-            }))
-        }
-        .await;
-        t.done(r)
+        let r = match self.cached_recommendations(&req) {
+            Ok(Some(hit)) => Ok(pb::GetRecommendationsResponse {
+                set: Some((*hit.proto).clone()),
+                computed_fresh: false,
+                generation: hit.generation,
+            }),
+            Ok(None) => self.fresh_recommendations(&req).await,
+            Err(e) => Err(e),
+        };
+        t.done(r.map(Response::new))
     }
 
     async fn get_migration_options(
@@ -356,6 +400,14 @@ fn broadcast_stream<T: Clone + Send + 'static>(
     })
 }
 
+/// The largest response the server sends (a 20,000-guest set is a few megabytes).
+const MAX_ENCODED: usize = 64 * 1024 * 1024;
+
+/// The largest request the server decodes (4 MiB, tonic's default, which the pre-encoded
+/// `GetRecommendations` route applies as well). Requests are a cluster name and overrides, a
+/// few hundred bytes; a larger one is refused with `OUT_OF_RANGE` before it is decoded.
+pub const MAX_DECODED: usize = 4 * 1024 * 1024;
+
 /// Serves gRPC until shutdown; open streams end on the same token, and the whole shutdown is
 /// bounded by `shutdown_timeout`.
 pub async fn serve(
@@ -377,12 +429,23 @@ pub async fn serve(
         }
     };
     let token = shared.shutdown.clone();
-    let svc = RecommenderServer::new(Service {
-        shared: shared.clone(),
-    })
-    .max_encoding_message_size(64 * 1024 * 1024);
+    let service = Service::new(shared.clone());
+    let svc = super::encoded::Routes::new(
+        RecommenderServer::new(service.clone())
+            .max_encoding_message_size(MAX_ENCODED)
+            .max_decoding_message_size(MAX_DECODED),
+        service,
+        MAX_ENCODED,
+    );
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let router = tonic::transport::Server::builder()
+    // TLS and the bearer-token check (super::auth); refused TLS material was reported at start.
+    let Ok(builder) = super::auth::server_builder(&shared.security) else {
+        tracing::error!("gRPC TLS configuration refused");
+        token.cancel();
+        return;
+    };
+    let router = builder
+        .trace_fn(grpc_request_span)
         .add_service(health)
         .add_optional_service(reflection)
         .add_service(svc);
@@ -402,4 +465,18 @@ pub async fn serve(
         tracing::error!(error = %e, "gRPC server failed");
         token.cancel();
     }
+}
+
+/// The span of one gRPC call, named after its path; a caller's `traceparent` metadata makes it
+/// a child of the caller's span.
+fn grpc_request_span(req: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!("grpc.request", rpc = %req.uri().path());
+    if let Some(tp) = req
+        .headers()
+        .get(proxbalance_runtime::telemetry::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        proxbalance_runtime::telemetry::set_parent_from_traceparent(&span, tp);
+    }
+    span
 }

@@ -5,6 +5,8 @@
 //! when the `shutdown` token is cancelled: the ingest loop, the event publisher (after sending
 //! what it holds), open watch streams and the gRPC server (bounded by `grpc.shutdown_timeout_ms`).
 
+pub mod auth;
+mod encoded;
 mod events;
 mod grpc;
 mod ingest;
@@ -108,6 +110,8 @@ pub struct Shared {
     pub config: Config,
     /// Cancelled at shutdown.
     pub shutdown: CancellationToken,
+    /// gRPC TLS and bearer token, loaded at start.
+    pub security: auth::GrpcSecurity,
 }
 
 impl Shared {
@@ -213,6 +217,7 @@ pub async fn start(
 ) -> Result<RunningService, ServiceError> {
     config.validate()?;
     let settings = state_settings(&config)?;
+    let security = auth::GrpcSecurity::load(&config.grpc)?;
     let subjects: Subjects = settings.subjects.clone();
     let nats =
         proxbalance_runtime::connect_nats(&config.nats.connection(), "proxbalance-recommender")
@@ -240,6 +245,7 @@ pub async fn start(
         ready: AtomicBool::new(false),
         config: config.clone(),
         shutdown: shutdown.clone(),
+        security,
     });
 
     let tracker = TaskTracker::new();
@@ -267,7 +273,12 @@ pub async fn start(
         Duration::from_millis(config.grpc.shutdown_timeout_ms),
     ));
     tracker.close();
-    tracing::info!(%grpc_addr, "recommender listening");
+    tracing::info!(
+        %grpc_addr,
+        tls = shared.security.tls(),
+        token_required = shared.security.token_required(),
+        "recommender listening"
+    );
     Ok(RunningService {
         grpc_addr,
         shared,
