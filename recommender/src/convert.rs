@@ -53,66 +53,58 @@ fn required<'a, T>(field: &str, v: Option<&'a T>) -> Result<&'a T, ConvertError>
 
 // ------------------------------------------------------------------ enums
 
-/// The protobuf value of a skip reason.
-pub fn skip_reason_to_proto(r: engine::SkipReason) -> pb::SkipReason {
-    use engine::SkipReason as E;
-    use pb::SkipReason as P;
-    match r {
-        E::HasIgnoreTag => P::HasIgnoreTag,
-        E::HaManaged => P::HaManaged,
-        E::Stopped => P::Stopped,
-        E::Template => P::Template,
-        E::Locked => P::Locked,
-        E::PassthroughDisk => P::PassthroughDisk,
-        E::UnsharedBindMount => P::UnsharedBindMount,
-        E::SourceMemoryHealthy => P::SourceMemoryHealthy,
-        E::InsufficientImprovement => P::InsufficientImprovement,
-        E::NoSuitableTarget => P::NoSuitableTarget,
-    }
-}
-
-fn skip_reason_from_proto(field: &str, v: i32) -> Result<engine::SkipReason, ConvertError> {
-    use engine::SkipReason as E;
-    use pb::SkipReason as P;
-    Ok(match P::try_from(v) {
-        Ok(P::HasIgnoreTag) => E::HasIgnoreTag,
-        Ok(P::HaManaged) => E::HaManaged,
-        Ok(P::Stopped) => E::Stopped,
-        Ok(P::Template) => E::Template,
-        Ok(P::Locked) => E::Locked,
-        Ok(P::PassthroughDisk) => E::PassthroughDisk,
-        Ok(P::UnsharedBindMount) => E::UnsharedBindMount,
-        Ok(P::SourceMemoryHealthy) => E::SourceMemoryHealthy,
-        Ok(P::InsufficientImprovement) => E::InsufficientImprovement,
-        Ok(P::NoSuitableTarget) => E::NoSuitableTarget,
-        Ok(P::Unspecified) | Err(_) => return Err(err(field, format!("unknown skip reason {v}"))),
-    })
-}
-
-fn reason_kind_to_proto(k: engine::ReasonKind) -> pb::ReasonKind {
-    use engine::ReasonKind as E;
-    use pb::ReasonKind as P;
-    match k {
-        E::MaintenanceEvacuation => P::MaintenanceEvacuation,
-        E::IowaitRelief => P::IowaitRelief,
-        E::CpuImbalance => P::CpuImbalance,
-        E::MemImbalance => P::MemImbalance,
-    }
-}
-
-fn reason_kind_from_proto(field: &str, v: i32) -> Result<engine::ReasonKind, ConvertError> {
-    use engine::ReasonKind as E;
-    use pb::ReasonKind as P;
-    Ok(match P::try_from(v) {
-        Ok(P::MaintenanceEvacuation) => E::MaintenanceEvacuation,
-        Ok(P::IowaitRelief) => E::IowaitRelief,
-        Ok(P::CpuImbalance) => E::CpuImbalance,
-        Ok(P::MemImbalance) => E::MemImbalance,
-        Ok(P::Unspecified) | Err(_) => {
-            return Err(err(field, format!("unknown reason kind {v}")));
+/// Declares the two conversions between an engine enum and its protobuf twin from one list
+/// of variant names (the protobuf enum has the same names plus `Unspecified`).
+macro_rules! enum_conversions {
+    ($(#[$doc:meta])* $to:ident, $from:ident, $engine:ty, $proto:ty, $what:literal, [$($v:ident),+ $(,)?]) => {
+        $(#[$doc])*
+        pub fn $to(value: $engine) -> $proto {
+            match value {
+                $(<$engine>::$v => <$proto>::$v,)+
+            }
         }
-    })
+
+        fn $from(field: &str, v: i32) -> Result<$engine, ConvertError> {
+            match <$proto>::try_from(v) {
+                $(Ok(<$proto>::$v) => Ok(<$engine>::$v),)+
+                Ok(<$proto>::Unspecified) | Err(_) => {
+                    Err(err(field, format!(concat!("unknown ", $what, " {}"), v)))
+                }
+            }
+        }
+    };
 }
+
+enum_conversions!(
+    /// The protobuf value of a skip reason.
+    skip_reason_to_proto,
+    skip_reason_from_proto,
+    engine::SkipReason,
+    pb::SkipReason,
+    "skip reason",
+    [
+        HasIgnoreTag,
+        HaManaged,
+        Stopped,
+        Template,
+        Locked,
+        PassthroughDisk,
+        UnsharedBindMount,
+        SourceMemoryHealthy,
+        InsufficientImprovement,
+        NoSuitableTarget,
+    ]
+);
+
+enum_conversions!(
+    /// The protobuf value of a recommendation's reason.
+    reason_kind_to_proto,
+    reason_kind_from_proto,
+    engine::ReasonKind,
+    pb::ReasonKind,
+    "reason kind",
+    [MaintenanceEvacuation, IowaitRelief, CpuImbalance, MemImbalance]
+);
 
 // ------------------------------------------------------------------ score details
 

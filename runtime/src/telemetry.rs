@@ -273,11 +273,27 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
 /// Makes `span` a child of the remote span named by `traceparent` (from a NATS header or gRPC
 /// metadata). A malformed value is ignored: the span then starts a trace of its own.
 pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str) {
-    let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.trim().to_owned())]);
-    let cx = TraceContextPropagator::new().extract(&carrier);
+    // Called for every ingested message: nothing to link when no subscriber records the span.
+    if span.is_disabled() {
+        return;
+    }
+    let cx = TraceContextPropagator::new().extract(&OneHeader(traceparent.trim()));
     if cx.span().span_context().is_valid() {
         // Fails only when no trace layer is installed, where there is nothing to link.
         let _ = span.set_parent(cx);
+    }
+}
+
+/// A carrier holding only a `traceparent` value, read without copying it into a map.
+struct OneHeader<'a>(&'a str);
+
+impl opentelemetry::propagation::Extractor for OneHeader<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        key.eq_ignore_ascii_case(TRACEPARENT).then_some(self.0)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec![TRACEPARENT]
     }
 }
 
