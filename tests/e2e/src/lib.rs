@@ -8,7 +8,11 @@
 //! [`NatsServer::start_with_config`] runs the server from a configuration file instead (accounts,
 //! permissions, JetStream limits), on a given or random port, with extra environment variables
 //! for the file's `$VARIABLE` references; its output is kept for [`NatsServer::log`].
+//!
+//! [`jwt`] makes the operator, accounts, users and credentials files of an operator-mode server;
+//! [`pki`] a test CA with server and client certificates.
 
+pub mod jwt;
 pub mod pki;
 
 use std::path::{Path, PathBuf};

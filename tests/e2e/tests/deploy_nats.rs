@@ -10,7 +10,10 @@
 //! - the recommender reads the snapshot and the history, creates the events stream and
 //!   publishes an event, and cannot forge snapshots or touch the collector's streams;
 //! - an event consumer (an nkey user) receives the event over core NATS and through a durable
-//!   JetStream consumer, and can publish nothing and read nothing else.
+//!   JetStream consumer, and can publish nothing and read nothing else;
+//! - in operator mode (a server trusting an operator JWT, accounts from a memory resolver), the
+//!   services log in with `nats.credentials_file`, their users holding the shipped permission
+//!   sets as JWT permissions, and credentials not signed by a trusted account are refused.
 //!
 //! A refused publish or subscription does not fail on the client: the server answers with
 //! `-ERR 'Permissions Violation for …'`, which async-nats reports as an event. Every connection
@@ -24,7 +27,7 @@ use async_nats::{ConnectOptions, Event, ServerError};
 use futures_util::StreamExt;
 use proxbalance_collector::config::Config as CollectorConfig;
 use proxbalance_collector::publisher::Publisher;
-use proxbalance_e2e::{HarnessError, NatsServer};
+use proxbalance_e2e::{HarnessError, NatsServer, jwt};
 use proxbalance_proto::headers;
 use proxbalance_proto::subjects::{EVENTS_STREAM, HISTORY_STREAM, SNAPSHOTS_STREAM, Subjects};
 use proxbalance_proto::v1::{NodeHistory, NodeSnapshot, OverloadEvent};
@@ -614,14 +617,14 @@ fn nkey_variant(dir: &Path) -> PathBuf {
 
 /// Runs the collector (`run`) and the recommender (`start`) with the given `[nats]` tables
 /// against pvesim and the server at `url`, and checks that one cycle travels from the PVE API
-/// to gRPC and, as `RecommendationsChanged`, to the event consumer logged in with `events_seed`.
-/// Then checks, through connections made with the services' own settings, that each is refused
-/// a subject outside its rights.
+/// to gRPC and, as `RecommendationsChanged`, to the event consumer logged in with `events`
+/// (its inbox prefix is set here). Then checks, through connections made with the services' own
+/// settings, that each is refused a subject outside its rights.
 async fn run_services(
     url: &str,
     collector_nats: &str,
     recommender_nats: &str,
-    events_seed: &str,
+    events: ConnectOptions,
     dir: &Path,
 ) {
     proxbalance_runtime::install_crypto_provider();
@@ -645,11 +648,7 @@ async fn run_services(
     .unwrap();
 
     // The event consumer listens before anything happens.
-    let (events, _events_errors) = connect(
-        ConnectOptions::with_nkey(events_seed.to_owned()).custom_inbox_prefix("_INBOX_events"),
-        url,
-    )
-    .await;
+    let (events, _events_errors) = connect(events.custom_inbox_prefix("_INBOX_events"), url).await;
     let mut live = events
         .subscribe("proxbalance.v1.event.recommendations.demo")
         .await
@@ -785,7 +784,7 @@ async fn the_real_services_log_in_with_password_files() {
         &url,
         &password_login(&url, "collector", COLLECTOR_PASSWORD, dir.path()),
         &password_login(&url, "recommender", RECOMMENDER_PASSWORD, dir.path()),
-        &deployed.events_seed,
+        ConnectOptions::with_nkey(deployed.events_seed.clone()),
         dir.path(),
     )
     .await;
@@ -823,8 +822,241 @@ async fn the_real_services_log_in_with_nkey_seed_files() {
             &recommender_key.seed().unwrap(),
             dir.path(),
         ),
-        &events_key.seed().unwrap(),
+        ConnectOptions::with_nkey(events_key.seed().unwrap()),
         dir.path(),
     )
     .await;
+}
+
+// ------------------------------------------------------------------------ operator mode (JWT)
+
+/// A permission set of the shipped file (e.g. `COLLECTOR_PERMISSIONS`) as the `pub` and `sub`
+/// of a user JWT: in operator mode the account grants each user the rights the file grants.
+fn shipped_permissions(set: &str) -> (serde_json::Value, serde_json::Value) {
+    let text = std::fs::read_to_string(deploy_dir().join("nats-server.conf")).unwrap();
+    let head = format!("\n{set} = {{\n");
+    assert_eq!(
+        text.matches(&head).count(),
+        1,
+        "deploy/nats-server.conf: expected exactly one {set}"
+    );
+    let block = &text[text.find(&head).unwrap() + head.len()..];
+    let block = &block[..block.find("\n}\n").unwrap()];
+    // Only allow lists are carried over: a deny list would be silently lost.
+    assert!(!block.contains("deny"), "{set}: {block}");
+    let (publish, subscribe) = block.split_once("\n  subscribe: {").unwrap();
+    let allow = |part: &str| {
+        let subjects: Vec<&str> = part
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .flat_map(|l| l.split('"').skip(1).step_by(2))
+            .collect();
+        assert!(!subjects.is_empty(), "{set}: no subject in {part}");
+        serde_json::json!({ "allow": subjects })
+    };
+    (allow(publish), allow(subscribe))
+}
+
+/// A `[nats]` table that logs in with a credentials file (written into `dir`).
+fn credentials_login(url: &str, name: &str, creds: &str, dir: &Path) -> String {
+    let file = dir.join(format!("{name}.creds"));
+    std::fs::write(&file, creds).unwrap();
+    format!(
+        "[nats]\nurl = {url:?}\ncredentials_file = {:?}\n",
+        file.display().to_string()
+    )
+}
+
+/// A nats-server in operator mode: it trusts one operator, whose account `PROXBALANCE`
+/// (JetStream enabled) issues the users; the configuration names no user.
+struct OperatorMode {
+    server: NatsServer,
+    /// The account's key pair, which signs the user JWTs.
+    account: nkeys::KeyPair,
+    dir: tempfile::TempDir,
+}
+
+fn operator_mode() -> OperatorMode {
+    let dir = tempfile::tempdir().unwrap();
+    let mut operator = jwt::Operator::new();
+    let account = operator.account("PROXBALANCE");
+    let conf = operator.write_server_config(dir.path()).unwrap();
+    let server = NatsServer::start_with_config(&conf, None, &[]).unwrap();
+    let log = server.log();
+    assert!(log.contains("Trusted Operators"), "{log}");
+    assert!(log.contains("Starting JetStream"), "{log}");
+    OperatorMode {
+        server,
+        account,
+        dir,
+    }
+}
+
+/// Credentials of a new user of `account` with the rights of the shipped permission set `set`.
+fn user_creds(account: &nkeys::KeyPair, name: &str, set: &str) -> String {
+    let user = nkeys::KeyPair::new_user();
+    let (publish, subscribe) = shipped_permissions(set);
+    jwt::creds(
+        &jwt::user_jwt(account, &user, name, jwt::user_nats(publish, subscribe)),
+        &user,
+    )
+}
+
+#[tokio::test]
+async fn the_real_services_log_in_with_credentials_files() {
+    let op = operator_mode();
+    let url = op.server.url();
+    let dir = op.dir.path();
+    run_services(
+        &url,
+        &credentials_login(
+            &url,
+            "collector",
+            &user_creds(&op.account, "collector", "COLLECTOR_PERMISSIONS"),
+            dir,
+        ),
+        &credentials_login(
+            &url,
+            "recommender",
+            &user_creds(&op.account, "recommender", "RECOMMENDER_PERMISSIONS"),
+            dir,
+        ),
+        ConnectOptions::with_credentials(&user_creds(&op.account, "events", "EVENTS_PERMISSIONS"))
+            .unwrap(),
+        dir,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn credentials_not_signed_by_a_trusted_account_are_refused() {
+    let op = operator_mode();
+    let url = op.server.url();
+    let dir = op.dir.path();
+    let all = || jwt::user_nats(serde_json::json!({}), serde_json::json!({}));
+    let user = nkeys::KeyPair::new_user();
+    let other_user = nkeys::KeyPair::new_user();
+    let stranger = nkeys::KeyPair::new_account();
+    let valid = jwt::user_jwt(&op.account, &user, "valid", all());
+    // Each case with the reason the server logs (at debug level) for refusing it.
+    let cases = [
+        // Names the trusted account as issuer, but another key signed it.
+        (
+            "forged",
+            jwt::encode(
+                &jwt::claims(
+                    &op.account.public_key(),
+                    &user.public_key(),
+                    "forged",
+                    all(),
+                ),
+                &stranger,
+            ),
+            &user,
+            "User JWT not valid: claim failed V2 signature verification",
+        ),
+        // Issued and signed by an account the operator never signed.
+        (
+            "unknown-account",
+            jwt::user_jwt(&stranger, &user, "stranger", all()),
+            &user,
+            "Account JWT lookup error: account missing",
+        ),
+        // The valid JWT without its signature.
+        (
+            "unsigned",
+            valid[..=valid.rfind('.').unwrap()].to_owned(),
+            &user,
+            "User JWT not valid: claim failed V2 signature verification",
+        ),
+        // The valid JWT with the seed of another user: the nonce signature does not match.
+        (
+            "other-seed",
+            valid.clone(),
+            &other_user,
+            "Signature not verified",
+        ),
+    ];
+    let never = tokio_util::sync::CancellationToken::new();
+    for (name, user_jwt, key, reason) in cases {
+        let log_before = op.server.log().len();
+        let creds = jwt::creds(&user_jwt, key);
+        let seed = key.seed().unwrap();
+        assert!(creds.contains(&seed));
+
+        let err = ConnectOptions::with_credentials(&creds)
+            .unwrap()
+            .connect(url.as_str())
+            .await
+            .map(|_| ())
+            .expect_err(name);
+        assert_eq!(
+            err.kind(),
+            async_nats::ConnectErrorKind::AuthorizationViolation,
+            "{name}: {err}"
+        );
+
+        // Both services refuse to start, naming NATS and its URL, never the seed.
+        let nats = credentials_login(&url, name, &creds, dir);
+        let expected = format!(
+            "cannot connect to NATS at {url}: authorization violation: nats: authorization violation"
+        );
+        let collector = proxbalance_collector::run(
+            CollectorConfig::from_toml(&format!("{nats}{COLLECTOR_TOML}")).unwrap(),
+            never.clone(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                collector,
+                proxbalance_collector::app::RunError::Connect { .. }
+            ),
+            "{name}: {collector}"
+        );
+        let recommender = proxbalance_recommender::start(
+            RecommenderConfig::from_toml(&format!("{nats}[grpc]\nlisten = \"127.0.0.1:0\"\n"))
+                .unwrap(),
+            never.clone(),
+        )
+        .await
+        .map(|_| ())
+        .unwrap_err();
+        for text in [
+            collector.to_string(),
+            format!("{collector:?}"),
+            recommender.to_string(),
+            format!("{recommender:?}"),
+        ] {
+            assert!(!text.contains(&seed), "{name}: seed in {text}");
+        }
+        assert_eq!(collector.to_string(), expected, "{name}");
+        assert_eq!(recommender.to_string(), expected, "{name}");
+
+        // Three refused logins (plain client, collector, recommender), each for that reason;
+        // the server logs it before it answers the client.
+        let log = op.server.log();
+        let log = &log[log_before..];
+        assert_eq!(log.matches(reason).count(), 3, "{name}: {log}");
+        assert_eq!(
+            log.matches("authentication error").count(),
+            3,
+            "{name}: {log}"
+        );
+    }
+
+    // The same server lets the valid credentials in: the refusals are the credentials'.
+    let client = ConnectOptions::with_credentials(&jwt::creds(&valid, &user))
+        .unwrap()
+        .connect(url.as_str())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    assert!(
+        op.server
+            .log()
+            .contains("(claim-name: \"valid\", claim-tags: []) signed with"),
+        "{}",
+        op.server.log()
+    );
 }
