@@ -423,6 +423,42 @@ pub fn set_to_proto(s: &engine::RecommendationSet) -> pb::RecommendationSet {
     }
 }
 
+/// Whether a request's `SetView` asks for the full set (`SET_VIEW_FULL`) rather than the basic
+/// view (`SET_VIEW_BASIC`, also meant by `SET_VIEW_UNSPECIFIED`).
+pub fn wants_full_view(view: i32) -> Result<bool, ConvertError> {
+    match pb::SetView::try_from(view) {
+        Ok(pb::SetView::Full) => Ok(true),
+        Ok(pb::SetView::Basic | pb::SetView::Unspecified) => Ok(false),
+        Err(_) => Err(err(
+            "view",
+            format!("unknown set view {view}; expected SET_VIEW_BASIC (1) or SET_VIEW_FULL (2)"),
+        )),
+    }
+}
+
+/// The basic view of a full set: the same without each recommendation's score breakdown and
+/// without the skipped guests (whose number stays in the summary).
+pub fn basic_view(full: &pb::RecommendationSet) -> pb::RecommendationSet {
+    pb::RecommendationSet {
+        cluster: full.cluster.clone(),
+        generated_at: full.generated_at,
+        thresholds: full.thresholds,
+        recommendations: full
+            .recommendations
+            .iter()
+            .map(|r| pb::Recommendation {
+                score_details: None,
+                ..r.clone()
+            })
+            .collect(),
+        skipped: Vec::new(),
+        conflicts: full.conflicts.clone(),
+        execution_plan: full.execution_plan.clone(),
+        summary: full.summary.clone(),
+        node_scores: full.node_scores.clone(),
+    }
+}
+
 /// The engine form of a protobuf recommendation set.
 pub fn set_from_proto(
     s: &pb::RecommendationSet,

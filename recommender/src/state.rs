@@ -519,14 +519,35 @@ pub struct Cached {
     /// The engine's set.
     pub set: engine::RecommendationSet,
     /// The same, converted once for gRPC.
-    pub proto: Arc<pb::RecommendationSet>,
+    pub full: Arc<pb::RecommendationSet>,
+    /// Its basic view ([`convert::basic_view`]).
+    pub basic: Arc<pb::RecommendationSet>,
     /// Increases with every change of the moves.
     pub generation: u64,
     /// The collection cycle the set was computed on.
     pub cycle: u64,
-    /// The `GetRecommendationsResponse` for this set, encoded once: served as is to every
-    /// request without overrides, so a busy recommender does not re-encode the same megabyte.
-    pub encoded: prost::bytes::Bytes,
+    /// The `GetRecommendationsResponse` for this set in the full and in the basic view,
+    /// encoded once: served as they are to every request without overrides, so a busy
+    /// recommender does not re-encode the same megabyte.
+    pub encoded_full: prost::bytes::Bytes,
+    /// See `encoded_full`.
+    pub encoded_basic: prost::bytes::Bytes,
+}
+
+impl Cached {
+    /// The set in the full or the basic view.
+    pub fn proto(&self, full: bool) -> &Arc<pb::RecommendationSet> {
+        if full { &self.full } else { &self.basic }
+    }
+
+    /// The encoded `GetRecommendationsResponse` in the full or the basic view.
+    pub fn encoded(&self, full: bool) -> &prost::bytes::Bytes {
+        if full {
+            &self.encoded_full
+        } else {
+            &self.encoded_basic
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -984,8 +1005,9 @@ impl State {
         })
     }
 
-    /// Caches a freshly computed set and returns the change event, with `true` when its moves
-    /// differ from the cached ones (the first set of a cluster always counts as a change).
+    /// Caches a freshly computed set and returns the change event (without the set: its views
+    /// are in [`State::cached`]), with `true` when its moves differ from the cached ones (the
+    /// first set of a cluster always counts as a change).
     pub fn store_set(
         &mut self,
         set: engine::RecommendationSet,
@@ -1006,7 +1028,8 @@ impl State {
         };
         let changed = old_moves.as_ref() != Some(&new_moves);
         let generation = if changed { generation + 1 } else { generation };
-        let proto = Arc::new(convert::set_to_proto(&set));
+        let full = Arc::new(convert::set_to_proto(&set));
+        let basic = Arc::new(convert::basic_view(&full));
         let event = {
             let old = if changed {
                 old_moves.unwrap_or_default()
@@ -1032,22 +1055,26 @@ impl State {
                     .filter(|(v, m)| old.get(v).is_some_and(|o| o != *m))
                     .map(|(v, _)| *v)
                     .collect(),
-                recommendations: Some((*proto).clone()),
+                recommendations: None,
                 cycle,
             }
         };
-        let encoded = prost::Message::encode_to_vec(&pb::GetRecommendationsResponse {
-            set: Some((*proto).clone()),
-            computed_fresh: false,
-            generation,
-        })
-        .into();
+        let encode = |set: &pb::RecommendationSet| -> prost::bytes::Bytes {
+            prost::Message::encode_to_vec(&pb::GetRecommendationsResponse {
+                set: Some(set.clone()),
+                computed_fresh: false,
+                generation,
+            })
+            .into()
+        };
         c.cached = Some(Cached {
             set,
-            proto,
+            encoded_full: encode(&full),
+            encoded_basic: encode(&basic),
+            full,
+            basic,
             generation,
             cycle,
-            encoded,
         });
         (event, changed)
     }

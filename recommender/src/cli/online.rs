@@ -158,6 +158,8 @@ pub(super) fn recommendations(args: &RecommendationsArgs) -> Result<String, CliE
             limit: overrides
                 .limit
                 .map_or(0, |l| u32::try_from(l).unwrap_or(u32::MAX)),
+            // What `plan` prints: the score breakdowns and the skipped guests too.
+            view: pb::SetView::Full.into(),
         };
         let resp = client
             .get_recommendations(request)
@@ -351,6 +353,7 @@ pub(super) fn watch(args: &WatchArgs, out: &mut dyn Write) -> Result<(), CliErro
             .watch_recommendations(pb::WatchRecommendationsRequest {
                 cluster: args.cluster.clone().unwrap_or_default(),
                 every_recompute: false,
+                view: pb::SetView::Full.into(),
             })
             .await
             .map_err(status_error)?

@@ -65,8 +65,8 @@ const EVENT_ATTEMPTS: u32 = 12;
 
 /// Publishes events until the channel closes (the ingest loop ended), each with its
 /// deterministic `Nats-Msg-Id` and an acknowledgement within `timeout`, retried with the same
-/// id when that fails. A set too large for the server's payload limit is published without
-/// its `recommendations` (fetch them over gRPC).
+/// id when that fails. Sets travel in their basic view; one too large even so for the server's
+/// payload limit is published without its `recommendations` (fetch them over gRPC).
 pub async fn publish_loop(
     js: jetstream::Context,
     nats: async_nats::Client,

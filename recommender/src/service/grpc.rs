@@ -96,7 +96,12 @@ fn bad_override(e: ConfigError) -> Status {
     Status::invalid_argument(msg)
 }
 
-/// A cached set: the message and its encoded response.
+/// The view a request asks for (`true`: full), or INVALID_ARGUMENT.
+fn full_view(view: i32) -> Result<bool, Status> {
+    convert::wants_full_view(view).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// A cached set in the requested view: the message and its encoded response.
 pub(super) struct CachedHit {
     pub proto: Arc<pb::RecommendationSet>,
     pub generation: u64,
@@ -116,6 +121,7 @@ impl Service {
         req: &pb::GetRecommendationsRequest,
     ) -> Result<Option<CachedHit>, Status> {
         require_cluster(&req.cluster)?;
+        let full = full_view(req.view)?;
         if !convert::overrides_are_empty(req.overrides.as_ref()) || req.limit != 0 {
             return Ok(None);
         }
@@ -125,9 +131,9 @@ impl Service {
         }
         match state.cached(&req.cluster) {
             Some(c) => Ok(Some(CachedHit {
-                proto: c.proto.clone(),
+                proto: c.proto(full).clone(),
                 generation: c.generation,
-                encoded: c.encoded.clone(),
+                encoded: c.encoded(full).clone(),
             })),
             None => Err(Status::unavailable(format!(
                 "cluster {:?}: no recommendations yet (waiting for a complete collection cycle)",
@@ -141,14 +147,16 @@ impl Service {
         &self,
         req: &pb::GetRecommendationsRequest,
     ) -> Result<pb::GetRecommendationsResponse, Status> {
+        let full = full_view(req.view)?;
         let (model, ov) = self
             .tuned_cluster(&req.cluster, req.overrides.as_ref(), req.limit)
             .await?;
         let set = tokio::task::spawn_blocking(move || engine::plan(&model, ov.limit))
             .await
             .map_err(|e| Status::internal(format!("planning failed: {e}")))?;
+        let set = convert::set_to_proto(&set);
         Ok(pb::GetRecommendationsResponse {
-            set: Some(convert::set_to_proto(&set)),
+            set: Some(if full { set } else { convert::basic_view(&set) }),
             computed_fresh: true,
             generation: 0,
         })
@@ -275,6 +283,10 @@ impl Recommender for Service {
         let req = request.into_inner();
         let filter = req.cluster;
         let every = req.every_recompute;
+        let full = match full_view(req.view) {
+            Ok(full) => full,
+            Err(e) => return t.done(Err(e)),
+        };
         // Subscribe before reading the cache so no change falls in between.
         let rx = self.shared.changes.subscribe();
         let initial: Vec<pb::RecommendationsChanged> = {
@@ -292,7 +304,7 @@ impl Recommender for Service {
                         added_vmids: cached.set.recommendations.iter().map(|r| r.vmid).collect(),
                         removed_vmids: Vec::new(),
                         changed_vmids: Vec::new(),
-                        recommendations: Some((*cached.proto).clone()),
+                        recommendations: Some((**cached.proto(full)).clone()),
                         cycle: cached.cycle,
                     })
                 })
@@ -302,7 +314,7 @@ impl Recommender for Service {
         let updates = broadcast_stream(rx, shared.clone(), move |n: &super::Notice| {
             (every || n.changed) && (filter.is_empty() || n.event.cluster == filter)
         })
-        .map(|r| r.map(|n| (*n.event).clone()));
+        .map(move |r| r.map(|n| n.event_in(full)));
         let stream = futures_util::stream::iter(initial.into_iter().map(Ok))
             .chain(updates)
             .take_until(shared.shutdown.clone().cancelled_owned());

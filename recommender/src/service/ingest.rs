@@ -146,7 +146,7 @@ fn on_cycle(
     let recomputed = tracing::info_span!("recommender.recompute", cluster, cycle)
         .in_scope(|| shared.recompute(cluster, cycle));
     if let Some(notice) = recomputed.filter(|n| n.changed) {
-        let change = &notice.event;
+        let change = notice.event_in(false);
         tracing::info!(
             cluster,
             cycle,
@@ -157,7 +157,7 @@ fn on_cycle(
             "recommendations changed"
         );
         if out
-            .try_send(Outgoing::Recommendations(Box::new((**change).clone())))
+            .try_send(Outgoing::Recommendations(Box::new(change)))
             .is_err()
         {
             metrics::counter!(metric::EVENTS_FAILED, "kind" => "recommendations").increment(1);

@@ -90,10 +90,25 @@ pub fn wall_ms() -> i64 {
 /// One recomputation of a cluster.
 #[derive(Debug, Clone)]
 pub struct Notice {
-    /// The event (empty lists when nothing changed).
+    /// The event without its set (empty lists when nothing changed).
     pub event: Arc<pb::RecommendationsChanged>,
+    /// The set, full.
+    pub full: Arc<pb::RecommendationSet>,
+    /// The set's basic view.
+    pub basic: Arc<pb::RecommendationSet>,
     /// Whether the moves changed.
     pub changed: bool,
+}
+
+impl Notice {
+    /// The event carrying its set in the full or the basic view.
+    pub fn event_in(&self, full: bool) -> pb::RecommendationsChanged {
+        let set = if full { &self.full } else { &self.basic };
+        pb::RecommendationsChanged {
+            recommendations: Some((**set).clone()),
+            ..(*self.event).clone()
+        }
+    }
 }
 
 /// What the tasks share.
@@ -140,7 +155,12 @@ impl Shared {
         };
         let set = engine::plan(&cluster_model, None);
         let recs = set.recommendations.len();
-        let (event, changed) = self.write().store_set(set, now, cycle);
+        let (event, changed, full, basic) = {
+            let mut state = self.write();
+            let (event, changed) = state.store_set(set, now, cycle);
+            let cached = state.cached(cluster)?;
+            (event, changed, cached.full.clone(), cached.basic.clone())
+        };
         let elapsed = started.elapsed();
         metrics::histogram!(metric::RECOMPUTE_DURATION, "cluster" => cluster.to_owned())
             .record(elapsed.as_secs_f64());
@@ -154,6 +174,8 @@ impl Shared {
         );
         let notice = Notice {
             event: Arc::new(event),
+            full,
+            basic,
             changed,
         };
         let _ = self.changes.send(notice.clone());

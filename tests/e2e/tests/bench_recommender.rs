@@ -254,12 +254,14 @@ async fn get_recommendations_latency() {
         .watch_recommendations(pb::WatchRecommendationsRequest {
             cluster: String::new(),
             every_recompute: true,
+            view: pb::SetView::Full.into(),
         })
         .await
         .expect("watch")
         .into_inner();
 
     let view = cluster_view(64, 4000, 42);
+    let cluster_name = view.cluster.clone();
     let at = now_ms();
     let mut msgs: Vec<(String, String, Vec<u8>)> = snapshots(&view, 1, at)
         .iter()
@@ -281,11 +283,14 @@ async fn get_recommendations_latency() {
     publish_all(&js, msgs).await;
     let first = watch.message().await.expect("watch").expect("open");
     let set = first.recommendations.expect("set");
+    let basic = convert::basic_view(&set);
     println!(
-        "64 nodes / 4000 guests: published and recomputed in {:.0} ms; {} recommendations, {} bytes encoded",
+        "64 nodes / 4000 guests: published and recomputed in {:.0} ms; {} recommendations, {} skipped, {} bytes encoded in the full view, {} in the basic view",
         t.elapsed().as_secs_f64() * 1000.0,
         set.recommendations.len(),
-        prost::Message::encoded_len(&set)
+        set.skipped.len(),
+        prost::Message::encoded_len(&set),
+        prost::Message::encoded_len(&basic)
     );
 
     // Decoding 700 KB into messages costs the client several ms of CPU; on this 2-core machine
@@ -301,21 +306,25 @@ async fn get_recommendations_latency() {
     // Closed loop (each client sends its next call as soon as the last returns) measures the
     // saturation throughput: latency is then the queue, clients / throughput. Paced clients
     // (one call every 100 ms each: 640 calls/s from 64 clients) measure latency under load.
-    let runs: [(usize, bool, Option<Duration>); 5] = [
+    let loads: [(usize, bool, Option<Duration>); 5] = [
         (1, true, None),
         (1, false, None),
         (8, false, None),
         (64, false, None),
         (64, false, Some(Duration::from_millis(100))),
     ];
-    for (clients, decode, pace) in runs {
+    let views = [(pb::SetView::Basic, &basic), (pb::SetView::Full, &set)];
+    let runs = views
+        .into_iter()
+        .flat_map(|(v, expected)| loads.map(|(c, d, p)| (v, expected, c, d, p)));
+    for (set_view, expected, clients, decode, pace) in runs {
         let per_client = if clients == 1 { 200 } else { 50 };
         let started = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..clients {
             let channel = raw_endpoint.connect().await.expect("channel");
-            let cluster = view.cluster.clone();
-            let expected = set.clone();
+            let cluster = cluster_name.clone();
+            let expected = expected.clone();
             tasks.push(tokio::spawn(async move {
                 let mut decoding = pb::recommender_client::RecommenderClient::new(channel.clone())
                     .max_decoding_message_size(256 << 20);
@@ -332,6 +341,7 @@ async fn get_recommendations_latency() {
                     }
                     let req = pb::GetRecommendationsRequest {
                         cluster: cluster.clone(),
+                        view: set_view.into(),
                         ..Default::default()
                     };
                     let t = Instant::now();
@@ -369,7 +379,7 @@ async fn get_recommendations_latency() {
         all.sort();
         let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
         println!(
-            "GetRecommendations, {clients} concurrent {} client(s), {} × {per_client} calls (client and server in one process, 2 cores): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {:.0} calls/s",
+            "GetRecommendations {set_view:?}, {clients} concurrent {} client(s), {} × {per_client} calls (client and server in one process, 2 cores): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {:.0} calls/s",
             if decode { "decoding" } else { "bytes" },
             pace.map_or("closed loop".to_owned(), |p| format!(
                 "one call per {} ms each",

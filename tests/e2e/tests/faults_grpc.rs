@@ -16,7 +16,7 @@ fn request(overrides: pb::Overrides) -> pb::GetRecommendationsRequest {
     pb::GetRecommendationsRequest {
         cluster: "demo".into(),
         overrides: Some(overrides),
-        limit: 0,
+        ..Default::default()
     }
 }
 

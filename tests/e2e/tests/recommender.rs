@@ -159,24 +159,27 @@ impl Recommender {
             .expect("stops cleanly");
     }
 
-    /// A watch stream that reports every recomputation.
+    /// A watch stream that reports every recomputation, with full sets.
     async fn watch(&self) -> tonic::Streaming<pb::RecommendationsChanged> {
         self.client
             .clone()
             .watch_recommendations(pb::WatchRecommendationsRequest {
                 cluster: "demo".into(),
                 every_recompute: true,
+                view: pb::SetView::Full.into(),
             })
             .await
             .expect("watch")
             .into_inner()
     }
 
+    /// The cached set, full.
     async fn recommendations(&self) -> pb::RecommendationSet {
         self.client
             .clone()
             .get_recommendations(pb::GetRecommendationsRequest {
                 cluster: "demo".into(),
+                view: pb::SetView::Full.into(),
                 ..Default::default()
             })
             .await
@@ -255,6 +258,7 @@ enum Event {
 struct Events {
     messages: async_nats::jetstream::consumer::pull::Ordered,
     raw: Vec<pb::OverloadEvent>,
+    changes: Vec<pb::RecommendationsChanged>,
 }
 
 impl Events {
@@ -278,6 +282,7 @@ impl Events {
         Events {
             messages,
             raw: Vec::new(),
+            changes: Vec::new(),
         }
     }
 
@@ -307,6 +312,7 @@ impl Events {
                     Subject::Recommendations { .. } => {
                         let c: pb::RecommendationsChanged =
                             proxbalance_proto::decode(&msg.payload).expect("changed event");
+                        self.changes.push(c.clone());
                         Event::Changed {
                             generation: c.generation,
                             cycle: c.cycle,
@@ -396,15 +402,70 @@ async fn demo_scenarios_yield_the_expected_recommendations_and_events() {
     assert!(iow.value > 30.0, "{iow:?}");
     assert!(iow.avg_24h.is_some_and(|a| a > 21.0), "{iow:?}");
     assert_eq!(iow.threshold, 30.0);
+    // The event on NATS carries the basic view of the set the watch (full view) got.
+    let full = first.recommendations.as_ref().expect("full set");
+    assert!(!full.skipped.is_empty() && !full.recommendations.is_empty());
+    assert!(
+        full.recommendations
+            .iter()
+            .all(|r| r.score_details.is_some())
+    );
+    assert_eq!(
+        events.changes[0].recommendations,
+        Some(convert::basic_view(full))
+    );
 
     // Disk rates come from counter differences, so guests' disk I/O is known from cycle 2 on.
     let cycle = stack.cycle(10.0).await;
     let second = until_cycle(&mut watch, cycle).await;
     let set = engine_set(second.recommendations.as_ref().expect("set"));
-    // The cached set is what GetRecommendations serves.
+    // The cached set is what GetRecommendations serves: in the basic view by default (no
+    // score breakdowns, no skipped guests, their number kept), in full on request.
+    let full = second.recommendations.as_ref().unwrap();
+    assert_eq!(rec.recommendations().await, *full);
+    let view = |view: i32| {
+        let mut client = rec.client.clone();
+        async move {
+            client
+                .get_recommendations(pb::GetRecommendationsRequest {
+                    cluster: "demo".into(),
+                    view,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    let basic = view(pb::SetView::Unspecified.into())
+        .await
+        .expect("default view")
+        .into_inner()
+        .set
+        .expect("set");
+    assert_eq!(basic, convert::basic_view(full));
+    assert!(basic.skipped.is_empty());
+    assert!(
+        basic
+            .recommendations
+            .iter()
+            .all(|r| r.score_details.is_none())
+    );
     assert_eq!(
-        rec.recommendations().await,
-        *second.recommendations.as_ref().unwrap()
+        basic.summary.as_ref().map(|s| s.total_skipped),
+        Some(full.skipped.len() as u64)
+    );
+    assert_eq!(
+        view(pb::SetView::Basic.into())
+            .await
+            .expect("basic")
+            .into_inner()
+            .set,
+        Some(basic)
+    );
+    let err = view(7).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        err.message(),
+        "view: unknown set view 7; expected SET_VIEW_BASIC (1) or SET_VIEW_FULL (2)"
     );
 
     let score = |node: &str| {
@@ -556,6 +617,7 @@ async fn demo_scenarios_yield_the_expected_recommendations_and_events() {
                 ..Default::default()
             }),
             limit: 0,
+            view: pb::SetView::Full.into(),
         })
         .await
         .expect("with overrides")
@@ -579,6 +641,7 @@ async fn demo_scenarios_yield_the_expected_recommendations_and_events() {
                 ..Default::default()
             }),
             limit: 0,
+            view: pb::SetView::Full.into(),
         })
         .await
         .unwrap_err();

@@ -199,10 +199,12 @@ impl Recommender {
         self.service.shared().read().snapshots_applied()
     }
 
+    /// A watch of every recomputation, with full sets.
     pub async fn watch(&self, cluster: &str) -> tonic::Streaming<pb::RecommendationsChanged> {
         watch(&self.client, cluster).await
     }
 
+    /// The cached set, full.
     pub async fn recommendations(&self, cluster: &str) -> pb::RecommendationSet {
         recommendations(&self.client, cluster).await
     }
@@ -224,6 +226,7 @@ pub async fn watch(
         .watch_recommendations(pb::WatchRecommendationsRequest {
             cluster: cluster.into(),
             every_recompute: true,
+            view: pb::SetView::Full.into(),
         })
         .await
         .expect("watch")
@@ -238,6 +241,7 @@ pub async fn recommendations(
         .clone()
         .get_recommendations(pb::GetRecommendationsRequest {
             cluster: cluster.into(),
+            view: pb::SetView::Full.into(),
             ..Default::default()
         })
         .await
