@@ -312,7 +312,7 @@ impl ClusterCollector {
 
         self.known_nodes = names;
         let requests = self.client.requests_sent().saturating_sub(requests_before);
-        let status = snapshot::build_cluster_status(
+        let mut status = snapshot::build_cluster_status(
             &data,
             &snapshots,
             crs,
@@ -321,6 +321,7 @@ impl ClusterCollector {
             u32::try_from(requests).unwrap_or(u32::MAX),
             self.client.current_endpoint(),
         );
+        status.histories = histories.iter().map(|h| h.node.clone()).collect();
         CycleOutput {
             snapshots,
             status,

@@ -603,6 +603,8 @@ pub fn build_cluster_status(
         errors,
         api_requests,
         endpoint: endpoint.to_owned(),
+        // Set by the cycle, which knows which histories it publishes.
+        histories: Vec::new(),
     }
 }
 

@@ -463,6 +463,14 @@ fn validate_status(st: &pb::ClusterStatus) -> Result<(), Rejection> {
     for (i, n) in st.nodes.iter().enumerate() {
         check_name(|| format!("nodes[{i}].node"), &n.node)?;
     }
+    check_count(
+        || "histories".to_owned(),
+        st.histories.len(),
+        limits::MAX_STATUS_ENTRIES,
+    )?;
+    for (i, n) in st.histories.iter().enumerate() {
+        check_name(|| format!("histories[{i}]"), n)?;
+    }
     check_len(
         || "pve_version".to_owned(),
         &st.pve_version,
@@ -505,8 +513,12 @@ pub enum Ingested {
         cluster: String,
         completed: Option<u64>,
     },
-    /// A history seeded a node's windows.
-    History { cluster: String },
+    /// A history seeded a node's windows; `completed` is set when the cycle's status was
+    /// waiting for it (see [`pb::ClusterStatus::histories`]) and it was the last.
+    History {
+        cluster: String,
+        completed: Option<u64>,
+    },
     /// A message of another kind on a consumed subject (e.g. an event), or a copy of the
     /// snapshot a node last reported (same cycle: a re-publish JetStream did not de-duplicate,
     /// e.g. outside its duplicate window); nothing to do.
@@ -557,6 +569,17 @@ struct NodeState {
     overload: NodeOverload,
     /// Observation time of the snapshot overload was last evaluated on.
     evaluated_at_ms: Option<i64>,
+    /// Collection time of the newest history applied.
+    history_at_ms: Option<i64>,
+}
+
+/// A cycle whose status arrived before some of the histories it lists.
+#[derive(Debug)]
+struct AwaitingHistories {
+    cycle: u64,
+    /// The status' collection time: a history at least as new belongs to the cycle.
+    collected_at_ms: i64,
+    nodes: BTreeSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -564,6 +587,8 @@ struct ClusterState {
     nodes: BTreeMap<String, NodeState>,
     status: Option<pb::ClusterStatus>,
     completed_cycle: Option<u64>,
+    /// Set while the last status' cycle waits for its histories.
+    awaiting: Option<AwaitingHistories>,
     cached: Option<Cached>,
     /// vmid → the node whose latest snapshot lists it (the last one applied, when several do),
     /// so the check that a guest is on one node per cycle does not scan every node.
@@ -693,8 +718,7 @@ impl State {
                 check_match("cluster", &cluster, &h.cluster)?;
                 check_match("node", &node, &h.node)?;
                 validate_history(&h)?;
-                self.apply_history(&h);
-                Ok(Ingested::History { cluster })
+                Ok(self.apply_history(&h))
             }
             Subject::ClusterStatus { cluster } => {
                 let st = codec::decode_cluster_status(payload)?;
@@ -791,6 +815,8 @@ impl State {
         };
         if completed.is_some() {
             c.completed_cycle = completed;
+            // A newer cycle completed: the histories still awaited are not coming.
+            c.awaiting = None;
         }
         Ingested::Snapshot {
             cluster: cluster_name,
@@ -800,11 +826,28 @@ impl State {
     }
 
     /// Applies a checked history.
-    pub fn apply_history(&mut self, h: &pb::NodeHistory) {
+    pub fn apply_history(&mut self, h: &pb::NodeHistory) -> Ingested {
         let c = self.clusters.entry(h.cluster.clone()).or_default();
         let node = c.nodes.entry(h.node.clone()).or_default();
         node.window
             .seed(&history_samples(&h.day), &history_samples(&h.week));
+        node.history_at_ms = node.history_at_ms.max(Some(h.collected_at_unix_ms));
+        let mut completed = None;
+        if let Some(w) = &mut c.awaiting
+            && h.collected_at_unix_ms >= w.collected_at_ms
+            && w.nodes.remove(&h.node)
+            && w.nodes.is_empty()
+        {
+            completed = (c.completed_cycle != Some(w.cycle)).then_some(w.cycle);
+            c.awaiting = None;
+            if completed.is_some() {
+                c.completed_cycle = completed;
+            }
+        }
+        Ingested::History {
+            cluster: h.cluster.clone(),
+            completed,
+        }
     }
 
     /// Applies a checked cluster status.
@@ -812,8 +855,31 @@ impl State {
         let cluster = st.cluster.clone();
         let c = self.clusters.entry(st.cluster.clone()).or_default();
         let cycle = st.cycle;
+        let mut completed = (c.completed_cycle != Some(cycle)).then_some(cycle);
+        // The histories this cycle published that have not been applied yet: the cycle
+        // completes with the last of them (the streams are consumed apart, so a history
+        // stored before the status may be delivered after it).
+        let missing: BTreeSet<String> = st
+            .histories
+            .iter()
+            .filter(|n| {
+                c.nodes
+                    .get(n.as_str())
+                    .and_then(|x| x.history_at_ms)
+                    .is_none_or(|at| at < st.collected_at_unix_ms)
+            })
+            .cloned()
+            .collect();
+        c.awaiting = None;
+        if completed.is_some() && !missing.is_empty() {
+            c.awaiting = Some(AwaitingHistories {
+                cycle,
+                collected_at_ms: st.collected_at_unix_ms,
+                nodes: missing,
+            });
+            completed = None;
+        }
         c.status = Some(st);
-        let completed = (c.completed_cycle != Some(cycle)).then_some(cycle);
         if completed.is_some() {
             c.completed_cycle = completed;
         }
@@ -1341,6 +1407,141 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// A history of `node` collected at `at`: a day of one-minute points at 5 % IOWait.
+    fn history(node: &str, at: i64) -> pb::NodeHistory {
+        pb::NodeHistory {
+            schema_version: SCHEMA_VERSION,
+            cluster: "c".into(),
+            node: node.into(),
+            collected_at_unix_ms: at,
+            day: (1..=1440)
+                .map(|m| pb::HistoryPoint {
+                    time_unix_ms: at - m * 60_000,
+                    cpu_fraction: Some(0.1),
+                    iowait_fraction: Some(0.05),
+                    mem_used_bytes: Some(8.0 * GIB),
+                    mem_total_bytes: Some(32.0 * GIB),
+                    load_average: Some(1.0),
+                })
+                .collect(),
+            week: Vec::new(),
+        }
+    }
+
+    const GIB: f64 = (1u64 << 30) as f64;
+
+    fn iowait_burst(node: &str) -> pb::NodeSnapshot {
+        let mut s = snap(node, 1, T0, 0.1);
+        s.iowait_fraction = Some(0.4);
+        s
+    }
+
+    fn history_completion(r: Ingested) -> Option<u64> {
+        match r {
+            Ingested::History { completed, .. } => completed,
+            other => panic!("not a history: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_status_listing_histories_completes_its_cycle_with_the_last_of_them() {
+        let mut st = State::new(settings());
+        ingest_snap(&mut st, &iowait_burst("a")).unwrap();
+        ingest_snap(&mut st, &snap("b", 1, T0, 0.1)).unwrap();
+        let mut s1 = status(1, &["a", "b"]);
+        s1.collected_at_unix_ms = T0;
+        s1.histories = vec!["a".into(), "b".into()];
+        // The status overtook the histories it lists: the cycle waits for them.
+        assert_eq!(
+            st.apply_status(s1),
+            Ingested::Status {
+                cluster: "c".into(),
+                completed: None
+            }
+        );
+        // An older history of a does not count; a's and b's of this cycle do, the last completes.
+        assert_eq!(
+            history_completion(st.apply_history(&history("a", T0 - 1))),
+            None
+        );
+        assert_eq!(
+            history_completion(st.apply_history(&history("a", T0))),
+            None
+        );
+        assert_eq!(
+            history_completion(st.apply_history(&history("b", T0))),
+            Some(1)
+        );
+        assert_eq!(
+            history_completion(st.apply_history(&history("b", T0))),
+            None
+        );
+        // So a's first evaluation knows its 24 h IOWait average (5 %): a 40 % burst alone does
+        // not pass the rule (24 h average above 0.7 × 30 %).
+        let events = st.evaluate_overload("c", T0);
+        assert!(
+            events
+                .iter()
+                .all(|e| e.reason() != pb::OverloadReason::Iowait),
+            "{events:?}"
+        );
+        // Without its history the burst would look sustained.
+        let mut blind = State::new(settings());
+        ingest_snap(&mut blind, &iowait_burst("a")).unwrap();
+        blind.apply_status(status(1, &["a"]));
+        let events = blind.evaluate_overload("c", T0);
+        assert!(
+            events
+                .iter()
+                .any(|e| e.reason() == pb::OverloadReason::Iowait),
+            "{events:?}"
+        );
+
+        // Histories applied before their status: the status completes the cycle at once.
+        let mut st = State::new(settings());
+        st.apply_history(&history("a", T0));
+        ingest_snap(&mut st, &snap("a", 1, T0, 0.1)).unwrap();
+        let mut s1 = status(1, &["a"]);
+        s1.collected_at_unix_ms = T0;
+        s1.histories = vec!["a".into()];
+        assert!(matches!(
+            st.apply_status(s1),
+            Ingested::Status {
+                completed: Some(1),
+                ..
+            }
+        ));
+
+        // A history that never comes holds its cycle back until the next one completes.
+        let mut st = State::new(settings());
+        ingest_snap(&mut st, &snap("a", 1, T0, 0.1)).unwrap();
+        let mut s1 = status(1, &["a"]);
+        s1.collected_at_unix_ms = T0;
+        s1.histories = vec!["a".into()];
+        assert!(matches!(
+            st.apply_status(s1),
+            Ingested::Status {
+                completed: None,
+                ..
+            }
+        ));
+        let r = ingest_snap(&mut st, &snap("a", 2, T0 + 10_000, 0.1)).unwrap();
+        assert!(
+            matches!(
+                r,
+                Ingested::Snapshot {
+                    completed: Some(2),
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        assert_eq!(
+            history_completion(st.apply_history(&history("a", T0))),
+            None
+        );
     }
 
     #[test]

@@ -107,9 +107,9 @@ fn apply(shared: &Shared, msg: &Message) -> Option<(String, u64)> {
             completed.map(|c| (cluster, c))
         }
         Ok(Ingested::Status { cluster, completed }) => completed.map(|c| (cluster, c)),
-        Ok(Ingested::History { cluster }) => {
+        Ok(Ingested::History { cluster, completed }) => {
             tracing::debug!(cluster, subject = %msg.subject, "history applied");
-            None
+            completed.map(|c| (cluster, c))
         }
         Ok(Ingested::Ignored) => None,
         Err(e) => {
@@ -337,7 +337,12 @@ pub async fn ingest_loop(
                 }
             },
             m = async { match history.as_mut() { Some(h) => h.next().await, None => None } }, if history.is_some() => match m {
-                Some(Ok(msg)) => { apply(&shared, &msg); }
+                Some(Ok(msg)) => {
+                    // A history can complete a cycle whose status arrived first.
+                    if let Some((cluster, cycle)) = apply(&shared, &msg) {
+                        on_cycle(&shared, &cluster, cycle, replaying, &mut dirty, &out);
+                    }
+                }
                 Some(Err(_)) | None => {
                     if let Some(Err(e)) = &m {
                         tracing::warn!(error = %e, "history consumer error; recreating it");

@@ -154,6 +154,16 @@ async fn every_node_every_cycle_with_committed_memory_iowait_and_disk_io() {
             .all(|h| !h.day.is_empty() && !h.week.is_empty())
     );
     assert!(out.histories.is_empty());
+    // The status names them, so the recommender completes the cycle only once they are in.
+    let nodes: Vec<&str> = first.histories.iter().map(|h| h.node.as_str()).collect();
+    assert_eq!(first.status.histories, nodes);
+    assert!(
+        first
+            .histories
+            .iter()
+            .all(|h| h.collected_at_unix_ms == first.status.collected_at_unix_ms)
+    );
+    assert!(out.status.histories.is_empty());
     sim.shutdown().await;
 }
 
