@@ -287,6 +287,10 @@ pub async fn start(
         config.replay_window(),
     ));
     let (reporter, health) = tonic_health::server::health_reporter();
+    // Both names are registered NOT_SERVING before the server accepts a call: a probe right
+    // after start must read NOT_SERVING, not "service not registered" (and not the SERVING
+    // that `health_reporter` gives the overall name "").
+    set_health(&reporter, tonic_health::ServingStatus::NotServing).await;
     tracker.spawn(health_loop(shared.clone(), nats.clone(), reporter));
     tracker.spawn(grpc::serve(
         shared.clone(),
@@ -309,6 +313,16 @@ pub async fn start(
     })
 }
 
+/// Sets the health of `proxbalance.v1.Recommender` and of the server as a whole ("").
+async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    let service = <pb::recommender_server::RecommenderServer<grpc::Service> as tonic::server::NamedService>::NAME;
+    reporter.set_service_status(service, status).await;
+    reporter.set_service_status("", status).await;
+}
+
 /// Keeps the health status up to date: SERVING while NATS is connected, the replay is done and
 /// some cluster has fresh data.
 async fn health_loop(
@@ -316,8 +330,7 @@ async fn health_loop(
     nats: async_nats::Client,
     reporter: tonic_health::server::HealthReporter,
 ) {
-    let service = <pb::recommender_server::RecommenderServer<grpc::Service> as tonic::server::NamedService>::NAME;
-    let mut last: Option<bool> = None;
+    let mut last = Some(false);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
@@ -334,16 +347,10 @@ async fn health_loop(
             } else {
                 tonic_health::ServingStatus::NotServing
             };
-            reporter.set_service_status(service, status).await;
-            reporter.set_service_status("", status).await;
+            set_health(&reporter, status).await;
             tracing::info!(serving, nats_connected = connected, "health changed");
             last = Some(serving);
         }
     }
-    reporter
-        .set_service_status(service, tonic_health::ServingStatus::NotServing)
-        .await;
-    reporter
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
+    set_health(&reporter, tonic_health::ServingStatus::NotServing).await;
 }

@@ -189,6 +189,26 @@ impl Recommender {
             .expect("set")
     }
 
+    /// The health `Check` of `service` ("" for the server as a whole).
+    async fn health(
+        &self,
+        service: &str,
+    ) -> tonic_health::pb::health_check_response::ServingStatus {
+        let channel = Channel::from_shared(format!("http://{}", self.service.grpc_addr()))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner()
+            .status()
+    }
+
     /// Waits until the health service reports SERVING.
     async fn serving(&self) {
         let channel = Channel::from_shared(format!("http://{}", self.service.grpc_addr()))
@@ -362,7 +382,14 @@ async fn demo_scenarios_yield_the_expected_recommendations_and_events() {
     let mut events = Events::follow(&stack.nats.url()).await;
     let mut watch = rec.watch().await;
 
-    // Before any data the recommender cannot tell: UNAVAILABLE.
+    // Before any data the recommender cannot tell: NOT_SERVING from the moment it listens (not
+    // "service not registered"), and UNAVAILABLE.
+    use tonic_health::pb::health_check_response::ServingStatus;
+    assert_eq!(
+        rec.health("proxbalance.v1.Recommender").await,
+        ServingStatus::NotServing
+    );
+    assert_eq!(rec.health("").await, ServingStatus::NotServing);
     let err = rec
         .client
         .clone()
