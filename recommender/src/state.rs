@@ -443,6 +443,17 @@ fn validate_history(h: &pb::NodeHistory) -> Result<(), Rejection> {
                     check_number(|| format!("{series}[{i}].{k}"), v, max)?;
                 }
             }
+            // Averages of used ≤ total stay so; without this a tiny total would make an
+            // infinite memory percentage.
+            if let (Some(used), Some(total)) = (p.mem_used_bytes, p.mem_total_bytes)
+                && used > total
+            {
+                return Err(reject(
+                    Problem::UsedExceedsTotal,
+                    format!("{series}[{i}].mem_used_bytes"),
+                    format!("{used:.0} bytes used exceed the total of {total:.0}"),
+                ));
+            }
         }
     }
     Ok(())

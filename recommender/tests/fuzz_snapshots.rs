@@ -87,6 +87,69 @@ fn check(payload: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A cluster status of nodes `a` and `b` that lists both histories.
+fn valid_status() -> pb::ClusterStatus {
+    pb::ClusterStatus {
+        schema_version: SCHEMA_VERSION,
+        cluster: "c".into(),
+        cycle: 1,
+        collected_at_unix_ms: T0,
+        nodes: ["a", "b"]
+            .map(|n| pb::ClusterNode {
+                node: n.into(),
+                status: pb::NodeStatus::Online as i32,
+                ..Default::default()
+            })
+            .into(),
+        quorate: true,
+        histories: vec!["a".into(), "b".into()],
+        ..Default::default()
+    }
+}
+
+/// A day of history of node `b`.
+fn valid_history() -> pb::NodeHistory {
+    pb::NodeHistory {
+        schema_version: SCHEMA_VERSION,
+        cluster: "c".into(),
+        node: "b".into(),
+        collected_at_unix_ms: T0,
+        day: (1..=48)
+            .map(|i| pb::HistoryPoint {
+                time_unix_ms: T0 - i * 1_800_000,
+                cpu_fraction: Some(0.2),
+                iowait_fraction: Some(0.01),
+                mem_used_bytes: Some(16.0 * (1u64 << 30) as f64),
+                mem_total_bytes: Some(64.0 * (1u64 << 30) as f64),
+                load_average: Some(1.5),
+            })
+            .collect(),
+        week: Vec::new(),
+    }
+}
+
+/// Ingests `payload` on `subject` (a status or a history), then a genuine cycle of `a` and `b`:
+/// whatever the first message did to the state, the cycle is applied, evaluated and planned.
+fn check_after(subject: &str, payload: &[u8]) -> Result<(), TestCaseError> {
+    let mut st = state();
+    let subjects = Subjects::default();
+    let _ = st.ingest(subject, payload);
+    for (node, vmid) in [("a", 100), ("b", 200)] {
+        st.ingest(
+            &subjects.snapshot("c", node),
+            &proxbalance_proto::encode(&valid(node, vmid)),
+        )
+        .map_err(|e| TestCaseError::fail(format!("genuine snapshot of {node} refused: {e}")))?;
+    }
+    let _ = st.evaluate_overload("c", T0);
+    let view = st.view("c", T0).expect("a view");
+    let cluster = view
+        .validate()
+        .map_err(|e| TestCaseError::fail(format!("refused view: {e}")))?;
+    let _ = proxbalance_engine::plan(&cluster, None);
+    Ok(())
+}
+
 /// A hostile or ordinary float.
 fn float() -> impl Strategy<Value = f64> {
     prop_oneof![
@@ -298,6 +361,23 @@ proptest! {
             mutate(&mut bytes, m);
         }
         check(&bytes)?;
+    }
+
+    #[test]
+    fn mutated_statuses_and_histories_never_panic(
+        mutations in proptest::collection::vec(mutation(), 1..8),
+        history in any::<bool>(),
+    ) {
+        let subjects = Subjects::default();
+        let (subject, mut bytes) = if history {
+            (subjects.history("c", "b"), proxbalance_proto::encode(&valid_history()))
+        } else {
+            (subjects.cluster_status("c"), proxbalance_proto::encode(&valid_status()))
+        };
+        for m in &mutations {
+            mutate(&mut bytes, m);
+        }
+        check_after(&subject, &bytes)?;
     }
 
     #[test]

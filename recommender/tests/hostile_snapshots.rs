@@ -246,6 +246,60 @@ fn megabyte_long_names_are_refused() {
 }
 
 #[test]
+fn a_status_listing_a_megabyte_history_name_is_refused() {
+    let mut st = state();
+    let status = pb::ClusterStatus {
+        schema_version: SCHEMA_VERSION,
+        cluster: "c".into(),
+        cycle: 1,
+        collected_at_unix_ms: T0,
+        histories: vec!["a".into(), "x".repeat(1 << 20)],
+        ..Default::default()
+    };
+    let e = st
+        .ingest(
+            &Subjects::default().cluster_status("c"),
+            &proxbalance_proto::encode(&status),
+        )
+        .unwrap_err();
+    assert_eq!(
+        format!("{} | {e}", e.label()),
+        "name_too_long | histories[1]: 1048576 bytes exceed the limit of 253"
+    );
+}
+
+#[test]
+fn a_history_point_using_more_memory_than_its_total_is_refused() {
+    // Found by fuzzing: a total of a few bytes under a used amount made an infinite percentage.
+    let mut st = state();
+    let point = |used: f64, total: f64| pb::HistoryPoint {
+        time_unix_ms: T0 - 60_000,
+        cpu_fraction: Some(0.1),
+        mem_used_bytes: Some(used),
+        mem_total_bytes: Some(total),
+        ..Default::default()
+    };
+    let history = pb::NodeHistory {
+        schema_version: SCHEMA_VERSION,
+        cluster: "c".into(),
+        node: "b".into(),
+        collected_at_unix_ms: T0,
+        day: vec![point(8e9, 64e9), point(8e9, 3e-300)],
+        week: Vec::new(),
+    };
+    let e = st
+        .ingest(
+            &Subjects::default().history("c", "b"),
+            &proxbalance_proto::encode(&history),
+        )
+        .unwrap_err();
+    assert_eq!(
+        format!("{} | {e}", e.label()),
+        "used_exceeds_total | day[1].mem_used_bytes: 8000000000 bytes used exceed the total of 0"
+    );
+}
+
+#[test]
 fn an_unknown_schema_version_is_refused() {
     let mut s = snapshot("b", 1, &[200]);
     s.schema_version = 2;
