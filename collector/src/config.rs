@@ -59,95 +59,30 @@ pub struct Config {
     pub telemetry: proxbalance_runtime::TelemetryConfig,
 }
 
-/// NATS settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NatsConfig {
-    /// Server URL(s), comma-separated.
-    pub url: String,
-    /// Subject prefix (several deployments can share one NATS).
-    pub subject_prefix: String,
-    /// Time to wait for a publish acknowledgement.
-    pub publish_timeout_ms: u64,
-    /// Most messages per cluster kept for re-publishing after a failed publish or
-    /// acknowledgement (0 keeps none); beyond it the oldest are dropped and counted.
-    pub retry_buffer_messages: usize,
-    /// Time to wait for the initial connection.
-    pub connect_timeout_ms: u64,
-    /// A NATS credentials file (JWT + nkey seed), for servers with an operator.
-    pub credentials_file: Option<PathBuf>,
-    /// User name for user/password login (with `password_file` or `password_env`).
-    pub user: Option<String>,
-    /// File holding the password of `user` (e.g. a systemd credential).
-    pub password_file: Option<PathBuf>,
-    /// Name of the environment variable holding the password of `user`.
-    pub password_env: Option<String>,
-    /// File holding the nkey seed (`SU…`) for nkey login.
-    pub nkey_seed_file: Option<PathBuf>,
-    /// PEM file of the CA that signed the server's certificate (requires TLS).
-    pub tls_ca_file: Option<PathBuf>,
-    /// PEM client certificate for mutual TLS (with `tls_key_file`).
-    pub tls_cert_file: Option<PathBuf>,
-    /// PEM private key of `tls_cert_file`.
-    pub tls_key_file: Option<PathBuf>,
-    /// Refuse a server without TLS even when no CA file is given.
-    pub tls_required: bool,
-    /// `max_age` of the snapshot stream, seconds.
-    pub snapshots_max_age_s: u64,
-    /// `max_bytes` of the snapshot stream (-1 = unlimited).
-    pub snapshots_max_bytes: i64,
-    /// `max_age` of the history stream, seconds (0 = unlimited).
-    pub history_max_age_s: u64,
-    /// Stream replicas.
-    pub replicas: usize,
-    /// De-duplication window, seconds.
-    pub duplicate_window_s: u64,
-}
-
-impl Default for NatsConfig {
-    fn default() -> Self {
-        Self {
-            url: "nats://127.0.0.1:4222".into(),
-            subject_prefix: proxbalance_proto::subjects::DEFAULT_PREFIX.into(),
-            publish_timeout_ms: 5000,
-            retry_buffer_messages: 10_000,
-            connect_timeout_ms: 5000,
-            credentials_file: None,
-            user: None,
-            password_file: None,
-            password_env: None,
-            nkey_seed_file: None,
-            tls_ca_file: None,
-            tls_cert_file: None,
-            tls_key_file: None,
-            tls_required: false,
-            snapshots_max_age_s: 7200,
-            snapshots_max_bytes: -1,
-            history_max_age_s: 0,
-            replicas: 1,
-            duplicate_window_s: 120,
-        }
+proxbalance_runtime::nats_table! {
+    /// NATS settings: the connection and login keys (`url`, `user`, `tls_ca_file`, …) and these.
+    pub struct NatsConfig {
+        /// Subject prefix (several deployments can share one NATS).
+        pub subject_prefix: String = proxbalance_proto::subjects::DEFAULT_PREFIX.into(),
+        /// Time to wait for a publish acknowledgement.
+        pub publish_timeout_ms: u64 = 5000,
+        /// Most messages per cluster kept for re-publishing after a failed publish or
+        /// acknowledgement (0 keeps none); beyond it the oldest are dropped and counted.
+        pub retry_buffer_messages: usize = 10_000,
+        /// `max_age` of the snapshot stream, seconds.
+        pub snapshots_max_age_s: u64 = 7200,
+        /// `max_bytes` of the snapshot stream (-1 = unlimited).
+        pub snapshots_max_bytes: i64 = -1,
+        /// `max_age` of the history stream, seconds (0 = unlimited).
+        pub history_max_age_s: u64 = 0,
+        /// Stream replicas.
+        pub replicas: usize = 1,
+        /// De-duplication window, seconds.
+        pub duplicate_window_s: u64 = 120,
     }
 }
 
 impl NatsConfig {
-    /// The connection part of these settings, for [`proxbalance_runtime::connect_nats`].
-    pub fn connection(&self) -> proxbalance_runtime::NatsSettings {
-        proxbalance_runtime::NatsSettings {
-            url: self.url.clone(),
-            connect_timeout_ms: self.connect_timeout_ms,
-            credentials_file: self.credentials_file.clone(),
-            user: self.user.clone(),
-            password_file: self.password_file.clone(),
-            password_env: self.password_env.clone(),
-            nkey_seed_file: self.nkey_seed_file.clone(),
-            tls_ca_file: self.tls_ca_file.clone(),
-            tls_cert_file: self.tls_cert_file.clone(),
-            tls_key_file: self.tls_key_file.clone(),
-            tls_required: self.tls_required,
-        }
-    }
-
     /// The stream limits of this configuration.
     pub fn stream_limits(&self) -> StreamLimits {
         StreamLimits {

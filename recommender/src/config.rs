@@ -62,81 +62,17 @@ pub struct Config {
     pub telemetry: proxbalance_runtime::TelemetryConfig,
 }
 
-/// NATS settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NatsConfig {
-    /// Server URL(s), comma-separated.
-    pub url: String,
-    /// Time to wait for the initial connection, ms.
-    pub connect_timeout_ms: u64,
-    /// A NATS credentials file (JWT + nkey seed), for servers with an operator.
-    pub credentials_file: Option<PathBuf>,
-    /// User name for user/password login (with `password_file` or `password_env`).
-    pub user: Option<String>,
-    /// File holding the password of `user` (e.g. a systemd credential).
-    pub password_file: Option<PathBuf>,
-    /// Name of the environment variable holding the password of `user`.
-    pub password_env: Option<String>,
-    /// File holding the nkey seed (`SU…`) for nkey login.
-    pub nkey_seed_file: Option<PathBuf>,
-    /// PEM file of the CA that signed the server's certificate (requires TLS).
-    pub tls_ca_file: Option<PathBuf>,
-    /// PEM client certificate for mutual TLS (with `tls_key_file`).
-    pub tls_cert_file: Option<PathBuf>,
-    /// PEM private key of `tls_cert_file`.
-    pub tls_key_file: Option<PathBuf>,
-    /// Refuse a server without TLS even when no CA file is given.
-    pub tls_required: bool,
-    /// Subject prefix shared with the collector.
-    pub subject_prefix: String,
-    /// Time to wait for an event publish acknowledgement, ms.
-    pub publish_timeout_ms: u64,
-    /// `max_age` of the events stream when the recommender creates it, seconds.
-    pub events_max_age_s: u64,
-    /// Replicas of the events stream when the recommender creates it.
-    pub events_replicas: usize,
-}
-
-impl Default for NatsConfig {
-    fn default() -> Self {
-        let conn = proxbalance_runtime::NatsSettings::default();
-        Self {
-            url: conn.url,
-            connect_timeout_ms: conn.connect_timeout_ms,
-            credentials_file: conn.credentials_file,
-            user: None,
-            password_file: None,
-            password_env: None,
-            nkey_seed_file: None,
-            tls_ca_file: None,
-            tls_cert_file: None,
-            tls_key_file: None,
-            tls_required: false,
-            subject_prefix: proxbalance_proto::subjects::DEFAULT_PREFIX.into(),
-            publish_timeout_ms: 5000,
-            events_max_age_s: 86_400,
-            events_replicas: 1,
-        }
-    }
-}
-
-impl NatsConfig {
-    /// The connection part, for [`proxbalance_runtime::connect_nats`].
-    pub fn connection(&self) -> proxbalance_runtime::NatsSettings {
-        proxbalance_runtime::NatsSettings {
-            url: self.url.clone(),
-            connect_timeout_ms: self.connect_timeout_ms,
-            credentials_file: self.credentials_file.clone(),
-            user: self.user.clone(),
-            password_file: self.password_file.clone(),
-            password_env: self.password_env.clone(),
-            nkey_seed_file: self.nkey_seed_file.clone(),
-            tls_ca_file: self.tls_ca_file.clone(),
-            tls_cert_file: self.tls_cert_file.clone(),
-            tls_key_file: self.tls_key_file.clone(),
-            tls_required: self.tls_required,
-        }
+proxbalance_runtime::nats_table! {
+    /// NATS settings: the connection and login keys (`url`, `user`, `tls_ca_file`, …) and these.
+    pub struct NatsConfig {
+        /// Subject prefix shared with the collector.
+        pub subject_prefix: String = proxbalance_proto::subjects::DEFAULT_PREFIX.into(),
+        /// Time to wait for an event publish acknowledgement, ms.
+        pub publish_timeout_ms: u64 = 5000,
+        /// `max_age` of the events stream when the recommender creates it, seconds.
+        pub events_max_age_s: u64 = 86_400,
+        /// Replicas of the events stream when the recommender creates it.
+        pub events_replicas: usize = 1,
     }
 }
 

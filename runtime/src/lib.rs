@@ -12,12 +12,11 @@
 //!   `traceparent` helpers that carry a trace across NATS and gRPC.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
@@ -60,55 +59,99 @@ pub enum RuntimeError {
     Metrics(String),
 }
 
-/// How to reach NATS and log in. Embedded as the connection part of each service's `[nats]`
-/// table; the keys below are named as they appear there (`nats.user`, …).
+/// Declares a `[nats]` configuration table: the connection and login keys every service shares
+/// (declared here once; [`NatsSettings`] is the table with nothing else), then the service's own
+/// keys, each with its default. The table refuses unknown keys, gives every key a default, and
+/// has `connection()`, the shared part as a [`NatsSettings`] for [`connect_nats`].
 ///
-/// At most one login method: `user` with `password_file` or `password_env`, `nkey_seed_file`,
-/// or `credentials_file`. Secrets are read from files or the environment when connecting, never
-/// from the URL (a URL with `user:password@` is refused) nor the command line.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NatsSettings {
-    /// Server URL(s), comma-separated; `tls://` requires TLS.
-    pub url: String,
-    /// Time to wait for the initial connection, milliseconds.
-    pub connect_timeout_ms: u64,
-    /// A NATS credentials file (JWT + nkey seed), for servers with an operator.
-    pub credentials_file: Option<PathBuf>,
-    /// User name for user/password login.
-    pub user: Option<String>,
-    /// File holding the password of `user` (e.g. a systemd credential).
-    pub password_file: Option<PathBuf>,
-    /// Name of the environment variable holding the password of `user`.
-    pub password_env: Option<String>,
-    /// File holding the nkey seed (`SU…`) for nkey login.
-    pub nkey_seed_file: Option<PathBuf>,
-    /// PEM file of the CA that signed the server's certificate; setting it requires TLS.
-    pub tls_ca_file: Option<PathBuf>,
-    /// PEM client certificate for mutual TLS (with `tls_key_file`).
-    pub tls_cert_file: Option<PathBuf>,
-    /// PEM private key of `tls_cert_file`.
-    pub tls_key_file: Option<PathBuf>,
-    /// Refuse to talk to a server without TLS even when no CA file is given.
-    pub tls_required: bool,
+/// (The shared keys cannot be a `#[serde(flatten)]`-ed [`NatsSettings`]: flatten does not work
+/// with `deny_unknown_fields`, and errors inside a flattened struct lose the key's name.)
+#[macro_export]
+macro_rules! nats_table {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $( $(#[$fmeta:meta])* pub $field:ident : $ty:ty = $default:expr ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        $vis struct $name {
+            /// Server URL(s), comma-separated; `tls://` requires TLS.
+            pub url: String,
+            /// Time to wait for the initial connection, milliseconds.
+            pub connect_timeout_ms: u64,
+            /// A NATS credentials file (JWT + nkey seed), for servers with an operator.
+            pub credentials_file: Option<std::path::PathBuf>,
+            /// User name for user/password login (with `password_file` or `password_env`).
+            pub user: Option<String>,
+            /// File holding the password of `user` (e.g. a systemd credential).
+            pub password_file: Option<std::path::PathBuf>,
+            /// Name of the environment variable holding the password of `user`.
+            pub password_env: Option<String>,
+            /// File holding the nkey seed (`SU…`) for nkey login.
+            pub nkey_seed_file: Option<std::path::PathBuf>,
+            /// PEM file of the CA that signed the server's certificate; setting it requires TLS.
+            pub tls_ca_file: Option<std::path::PathBuf>,
+            /// PEM client certificate for mutual TLS (with `tls_key_file`).
+            pub tls_cert_file: Option<std::path::PathBuf>,
+            /// PEM private key of `tls_cert_file`.
+            pub tls_key_file: Option<std::path::PathBuf>,
+            /// Refuse to talk to a server without TLS even when no CA file is given.
+            pub tls_required: bool,
+            $( $(#[$fmeta])* pub $field: $ty, )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self {
+                    url: "nats://127.0.0.1:4222".into(),
+                    connect_timeout_ms: 5000,
+                    credentials_file: None,
+                    user: None,
+                    password_file: None,
+                    password_env: None,
+                    nkey_seed_file: None,
+                    tls_ca_file: None,
+                    tls_cert_file: None,
+                    tls_key_file: None,
+                    tls_required: false,
+                    $( $field: $default, )*
+                }
+            }
+        }
+
+        impl $name {
+            /// The connection and login part, for [`connect_nats`]($crate::connect_nats).
+            pub fn connection(&self) -> $crate::NatsSettings {
+                $crate::NatsSettings {
+                    url: self.url.clone(),
+                    connect_timeout_ms: self.connect_timeout_ms,
+                    credentials_file: self.credentials_file.clone(),
+                    user: self.user.clone(),
+                    password_file: self.password_file.clone(),
+                    password_env: self.password_env.clone(),
+                    nkey_seed_file: self.nkey_seed_file.clone(),
+                    tls_ca_file: self.tls_ca_file.clone(),
+                    tls_cert_file: self.tls_cert_file.clone(),
+                    tls_key_file: self.tls_key_file.clone(),
+                    tls_required: self.tls_required,
+                }
+            }
+        }
+    };
 }
 
-impl Default for NatsSettings {
-    fn default() -> Self {
-        Self {
-            url: "nats://127.0.0.1:4222".into(),
-            connect_timeout_ms: 5000,
-            credentials_file: None,
-            user: None,
-            password_file: None,
-            password_env: None,
-            nkey_seed_file: None,
-            tls_ca_file: None,
-            tls_cert_file: None,
-            tls_key_file: None,
-            tls_required: false,
-        }
-    }
+nats_table! {
+    /// How to reach NATS and log in: the keys every service's `[nats]` table starts with
+    /// (`nats.url`, `nats.user`, …; see [`nats_table!`]).
+    ///
+    /// At most one login method: `user` with `password_file` or `password_env`,
+    /// `nkey_seed_file`, or `credentials_file`. Secrets are read from files or the environment
+    /// when connecting, never from the URL (a URL with `user:password@` is refused) nor the
+    /// command line.
+    pub struct NatsSettings {}
 }
 
 impl NatsSettings {
@@ -379,6 +422,7 @@ pub fn shutdown_on_signal() -> CancellationToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
 
     #[derive(Debug, Deserialize, PartialEq)]
     #[serde(deny_unknown_fields)]

@@ -215,6 +215,41 @@ fn struct_fields(source: &str, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The connection and login keys every `[nats]` table starts with, as the `nats_table!` macro
+/// of `runtime/src/lib.rs` declares them.
+fn shared_nats_keys() -> BTreeSet<String> {
+    let source = read(&root().join("runtime/src/lib.rs"));
+    let start = source
+        .find("$vis struct $name {")
+        .expect("nats_table! body");
+    let body = &source[start..];
+    let body = &body[..body
+        .find("$( $(#[$fmeta])* pub $field")
+        .expect("end of the shared keys")];
+    let keys: BTreeSet<String> = body
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim().strip_prefix("pub ")?;
+            Some(l.split_once(':')?.0.trim().to_owned())
+        })
+        .collect();
+    assert!(
+        keys.contains("url") && keys.contains("tls_required"),
+        "{keys:?}"
+    );
+    keys
+}
+
+/// The keys of a configuration struct, with the shared NATS keys for a `[nats]` table.
+fn table_keys(source: &str, strukt: &str, header: &str) -> BTreeSet<String> {
+    let mut fields: BTreeSet<String> = struct_fields(source, strukt).into_iter().collect();
+    assert!(!fields.is_empty(), "{strukt}");
+    if header == "[nats]" {
+        fields.extend(shared_nats_keys());
+    }
+    fields
+}
+
 /// Keys of a TOML table section in the example, whether set or shown commented out.
 fn documented_keys(example: &str, header: &str) -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
@@ -278,8 +313,7 @@ fn collector_example_is_accepted_and_documents_every_key() {
         ("MetricsConfig", "[metrics]"),
         ("ClusterConfig", "[[clusters]]"),
     ] {
-        let fields: BTreeSet<String> = struct_fields(&source, strukt).into_iter().collect();
-        assert!(!fields.is_empty(), "{strukt}");
+        let fields = table_keys(&source, strukt, header);
         assert_eq!(documented_keys(&example, header), fields, "{header}");
     }
     let top: BTreeSet<String> = struct_fields(&source, "Config").into_iter().collect();
@@ -503,8 +537,7 @@ fn recommender_example_is_accepted_by_the_recommender() {
     let source = read(&root().join("recommender/src/config.rs"));
     let example = read(&path);
     for (strukt, header) in [("NatsConfig", "[nats]"), ("GrpcConfig", "[grpc]")] {
-        let fields: BTreeSet<String> = struct_fields(&source, strukt).into_iter().collect();
-        assert!(!fields.is_empty(), "{strukt}");
+        let fields = table_keys(&source, strukt, header);
         assert_eq!(documented_keys(&example, header), fields, "{header}");
     }
     telemetry_table_documents_every_key(&example, proxbalance_recommender::config::ENV_PREFIX);
