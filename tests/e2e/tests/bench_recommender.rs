@@ -305,13 +305,16 @@ async fn get_recommendations_latency() {
         .initial_connection_window_size(Some(16 << 20));
     // Closed loop (each client sends its next call as soon as the last returns) measures the
     // saturation throughput: latency is then the queue, clients / throughput. Paced clients
-    // (one call every 100 ms each: 640 calls/s from 64 clients) measure latency under load.
-    let loads: [(usize, bool, Option<Duration>); 5] = [
+    // (one call every 100, 40 or 20 ms each: 640, 1,600 or 3,200 calls/s from 64 clients)
+    // measure latency under load.
+    let loads: [(usize, bool, Option<Duration>); 7] = [
         (1, true, None),
         (1, false, None),
         (8, false, None),
         (64, false, None),
         (64, false, Some(Duration::from_millis(100))),
+        (64, false, Some(Duration::from_millis(40))),
+        (64, false, Some(Duration::from_millis(20))),
     ];
     let views = [(pb::SetView::Basic, &basic), (pb::SetView::Full, &set)];
     let runs = views
