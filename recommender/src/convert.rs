@@ -106,68 +106,85 @@ enum_conversions!(
     [MaintenanceEvacuation, IowaitRelief, CpuImbalance, MemImbalance]
 );
 
+/// Declares the two conversions between an engine struct and its protobuf twin whose fields
+/// have the same names and copy as they are, from one list of field names.
+macro_rules! field_conversions {
+    ($to:ident, $from:ident, $engine:path, $proto:path, [$($f:ident),+ $(,)?]) => {
+        fn $to(v: &$engine) -> $proto {
+            $proto { $($f: v.$f,)+ }
+        }
+
+        fn $from(v: &$proto) -> $engine {
+            $engine { $($f: v.$f,)+ }
+        }
+    };
+}
+
 // ------------------------------------------------------------------ score details
 
-fn penalties_to_proto(p: &engine::PenaltyBreakdown) -> pb::PenaltyBreakdown {
-    pb::PenaltyBreakdown {
-        current_cpu: p.current_cpu,
-        current_mem: p.current_mem,
-        sustained_cpu: p.sustained_cpu,
-        sustained_mem: p.sustained_mem,
-        iowait_current: p.iowait_current,
-        iowait_sustained: p.iowait_sustained,
-        cpu_trend: p.cpu_trend,
-        mem_trend: p.mem_trend,
-        cpu_spikes: p.cpu_spikes,
-        mem_spikes: p.mem_spikes,
-        predicted_cpu: p.predicted_cpu,
-        predicted_mem: p.predicted_mem,
-        mem_overcommit: p.mem_overcommit,
-    }
-}
+field_conversions!(
+    penalties_to_proto,
+    penalties_from_proto,
+    engine::PenaltyBreakdown,
+    pb::PenaltyBreakdown,
+    [
+        current_cpu,
+        current_mem,
+        sustained_cpu,
+        sustained_mem,
+        iowait_current,
+        iowait_sustained,
+        cpu_trend,
+        mem_trend,
+        cpu_spikes,
+        mem_spikes,
+        predicted_cpu,
+        predicted_mem,
+        mem_overcommit,
+    ]
+);
 
-fn penalties_from_proto(p: &pb::PenaltyBreakdown) -> engine::PenaltyBreakdown {
-    engine::PenaltyBreakdown {
-        current_cpu: p.current_cpu,
-        current_mem: p.current_mem,
-        sustained_cpu: p.sustained_cpu,
-        sustained_mem: p.sustained_mem,
-        iowait_current: p.iowait_current,
-        iowait_sustained: p.iowait_sustained,
-        cpu_trend: p.cpu_trend,
-        mem_trend: p.mem_trend,
-        cpu_spikes: p.cpu_spikes,
-        mem_spikes: p.mem_spikes,
-        predicted_cpu: p.predicted_cpu,
-        predicted_mem: p.predicted_mem,
-        mem_overcommit: p.mem_overcommit,
-    }
-}
+field_conversions!(
+    components_to_proto,
+    components_from_proto,
+    engine::Components,
+    pb::ScoreComponents,
+    [health, predicted_health, headroom, storage]
+);
+
+field_conversions!(
+    metrics_to_proto,
+    metrics_from_proto,
+    engine::ScoreMetrics,
+    pb::ScoreMetrics,
+    [
+        cpu_blend,
+        iowait_blend,
+        mem,
+        predicted_cpu,
+        predicted_mem,
+        predicted_iowait,
+        overcommit_ratio,
+    ]
+);
+
+field_conversions!(
+    cost_benefit_to_proto,
+    cost_benefit_from_proto,
+    engine::CostBenefit,
+    pb::CostBenefit,
+    [benefit, cost, ratio, viable]
+);
 
 /// The protobuf form of score details.
 pub fn details_to_proto(d: &engine::ScoreDetails) -> pb::ScoreDetails {
-    let c = &d.components;
-    let m = &d.metrics;
     pb::ScoreDetails {
         score: d.score,
         penalties: Some(penalties_to_proto(&d.penalties)),
         total_penalties: d.total_penalties,
         cpu_stability_factor: d.cpu_stability_factor,
-        components: Some(pb::ScoreComponents {
-            health: c.health,
-            predicted_health: c.predicted_health,
-            headroom: c.headroom,
-            storage: c.storage,
-        }),
-        metrics: Some(pb::ScoreMetrics {
-            cpu_blend: m.cpu_blend,
-            iowait_blend: m.iowait_blend,
-            mem: m.mem,
-            predicted_cpu: m.predicted_cpu,
-            predicted_mem: m.predicted_mem,
-            predicted_iowait: m.predicted_iowait,
-            overcommit_ratio: m.overcommit_ratio,
-        }),
+        components: Some(components_to_proto(&d.components)),
+        metrics: Some(metrics_to_proto(&d.metrics)),
         trend: d.trend.map(|t| pb::TrendSummary {
             cpu_rate_per_day: t.cpu_rate_per_day,
             cpu_confidence: word(&t.cpu_confidence),
@@ -204,21 +221,8 @@ fn details_from_proto(
         penalties: penalties_from_proto(p),
         total_penalties: d.total_penalties,
         cpu_stability_factor: d.cpu_stability_factor,
-        components: engine::Components {
-            health: c.health,
-            predicted_health: c.predicted_health,
-            headroom: c.headroom,
-            storage: c.storage,
-        },
-        metrics: engine::ScoreMetrics {
-            cpu_blend: m.cpu_blend,
-            iowait_blend: m.iowait_blend,
-            mem: m.mem,
-            predicted_cpu: m.predicted_cpu,
-            predicted_mem: m.predicted_mem,
-            predicted_iowait: m.predicted_iowait,
-            overcommit_ratio: m.overcommit_ratio,
-        },
+        components: components_from_proto(c),
+        metrics: metrics_from_proto(m),
         trend,
     })
 }
@@ -247,12 +251,7 @@ fn recommendation_to_proto(r: &engine::Recommendation) -> pb::Recommendation {
             level: r.risk.level.clone(),
             factors: r.risk.factors.clone(),
         }),
-        cost_benefit: Some(pb::CostBenefit {
-            benefit: r.cost_benefit.benefit,
-            cost: r.cost_benefit.cost,
-            ratio: r.cost_benefit.ratio,
-            viable: r.cost_benefit.viable,
-        }),
+        cost_benefit: Some(cost_benefit_to_proto(&r.cost_benefit)),
         mem_gb: r.mem_gb,
         command: r.command.clone(),
         score_details: Some(pb::MoveDetails {
@@ -298,12 +297,7 @@ fn recommendation_from_proto(
             level: risk.level.clone(),
             factors: risk.factors.clone(),
         },
-        cost_benefit: engine::CostBenefit {
-            benefit: cb.benefit,
-            cost: cb.cost,
-            ratio: cb.ratio,
-            viable: cb.viable,
-        },
+        cost_benefit: cost_benefit_from_proto(cb),
         mem_gb: r.mem_gb,
         command: r.command.clone(),
         score_details: engine::MoveDetails {
