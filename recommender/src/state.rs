@@ -536,6 +536,22 @@ pub enum Ingested {
     Ignored,
 }
 
+/// The encoded `GetRecommendationsResponse` of a cached set (`computed_fresh` false), written
+/// field by field so that the set, up to a megabyte of messages, is not cloned into a response
+/// message first.
+fn cached_response(set: &pb::RecommendationSet, generation: u64) -> prost::bytes::Bytes {
+    use prost::Message;
+    // Field numbers of `GetRecommendationsResponse` (recommender.proto).
+    const SET: u32 = 1;
+    const GENERATION: u32 = 3;
+    let mut buf = Vec::with_capacity(set.encoded_len() + 16);
+    prost::encoding::message::encode(SET, set, &mut buf);
+    if generation != 0 {
+        prost::encoding::uint64::encode(GENERATION, &generation, &mut buf);
+    }
+    buf.into()
+}
+
 /// A cached recommendation set.
 #[derive(Debug, Clone)]
 pub struct Cached {
@@ -1136,18 +1152,10 @@ impl State {
                 cycle,
             }
         };
-        let encode = |set: &pb::RecommendationSet| -> prost::bytes::Bytes {
-            prost::Message::encode_to_vec(&pb::GetRecommendationsResponse {
-                set: Some(set.clone()),
-                computed_fresh: false,
-                generation,
-            })
-            .into()
-        };
         c.cached = Some(Cached {
             set,
-            encoded_full: encode(&full),
-            encoded_basic: encode(&basic),
+            encoded_full: cached_response(&full, generation),
+            encoded_basic: cached_response(&basic, generation),
             full,
             basic,
             generation,
@@ -1624,6 +1632,27 @@ mod tests {
         assert_eq!(e2.removed_vmids, vec![gone]);
         assert!(e2.added_vmids.is_empty());
         assert_eq!(st.cached(&set.cluster).unwrap().generation, 2);
+    }
+
+    #[test]
+    fn cached_responses_decode_to_the_response_message() {
+        let cluster = engine::synthetic::cluster_view(6, 60, 3)
+            .validate()
+            .unwrap();
+        let set = convert::set_to_proto(&engine::plan(&cluster, None));
+        for generation in [0, 1, u64::MAX] {
+            let bytes = cached_response(&set, generation);
+            let expected = pb::GetRecommendationsResponse {
+                set: Some(set.clone()),
+                computed_fresh: false,
+                generation,
+            };
+            assert_eq!(
+                <pb::GetRecommendationsResponse as prost::Message>::decode(bytes.clone()).unwrap(),
+                expected
+            );
+            assert_eq!(bytes, prost::Message::encode_to_vec(&expected));
+        }
     }
 
     #[test]
