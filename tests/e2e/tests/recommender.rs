@@ -441,6 +441,21 @@ async fn demo_scenarios_yield_the_expected_recommendations_and_events() {
         events.changes[0].recommendations,
         Some(convert::basic_view(full))
     );
+    // A watch that does not ask for a view starts with the cached set in the basic view.
+    let mut basic_watch = rec
+        .client
+        .clone()
+        .watch_recommendations(pb::WatchRecommendationsRequest {
+            cluster: "demo".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let current = basic_watch.message().await.expect("watch").expect("open");
+    assert_eq!(current.generation, first.generation);
+    assert_eq!(current.recommendations, Some(convert::basic_view(full)));
+    drop(basic_watch);
 
     // Disk rates come from counter differences, so guests' disk I/O is known from cycle 2 on.
     let cycle = stack.cycle(10.0).await;
