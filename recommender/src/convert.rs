@@ -430,6 +430,15 @@ pub fn wants_full_view(view: i32) -> Result<bool, ConvertError> {
     }
 }
 
+/// A full set in the full (a copy) or the basic view ([`basic_view`]).
+pub fn in_view(full: &pb::RecommendationSet, want_full: bool) -> pb::RecommendationSet {
+    if want_full {
+        full.clone()
+    } else {
+        basic_view(full)
+    }
+}
+
 /// The basic view of a full set: the same without each recommendation's score breakdown and
 /// without the skipped guests (whose number stays in the summary).
 pub fn basic_view(full: &pb::RecommendationSet) -> pb::RecommendationSet {

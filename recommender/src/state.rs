@@ -552,15 +552,12 @@ fn cached_response(set: &pb::RecommendationSet, generation: u64) -> prost::bytes
     buf.into()
 }
 
-/// A cached recommendation set.
+/// A cached recommendation set. Only the full set is kept as messages; its basic view
+/// ([`convert::basic_view`]) is kept encoded, and built again when a watcher needs it.
 #[derive(Debug, Clone)]
 pub struct Cached {
-    /// The engine's set.
-    pub set: engine::RecommendationSet,
-    /// The same, converted once for gRPC.
+    /// The set, converted once for gRPC.
     pub full: Arc<pb::RecommendationSet>,
-    /// Its basic view ([`convert::basic_view`]).
-    pub basic: Arc<pb::RecommendationSet>,
     /// Increases with every change of the moves.
     pub generation: u64,
     /// The collection cycle the set was computed on.
@@ -574,11 +571,6 @@ pub struct Cached {
 }
 
 impl Cached {
-    /// The set in the full or the basic view.
-    pub fn proto(&self, full: bool) -> &Arc<pb::RecommendationSet> {
-        if full { &self.full } else { &self.basic }
-    }
-
     /// The encoded `GetRecommendationsResponse` in the full or the basic view.
     pub fn encoded(&self, full: bool) -> &prost::bytes::Bytes {
         if full {
@@ -1108,21 +1100,20 @@ impl State {
         cycle: u64,
     ) -> (pb::RecommendationsChanged, bool) {
         let c = self.clusters.entry(set.cluster.clone()).or_default();
-        let moves = |s: &engine::RecommendationSet| -> BTreeMap<u32, (String, String)> {
+        let full = Arc::new(convert::set_to_proto(&set));
+        let moves = |s: &pb::RecommendationSet| -> BTreeMap<u32, (String, String)> {
             s.recommendations
                 .iter()
                 .map(|r| (r.vmid, (r.source_node.clone(), r.target_node.clone())))
                 .collect()
         };
-        let new_moves = moves(&set);
+        let new_moves = moves(&full);
         let (old_moves, generation) = match &c.cached {
-            Some(old) => (Some(moves(&old.set)), old.generation),
+            Some(old) => (Some(moves(&old.full)), old.generation),
             None => (None, 0),
         };
         let changed = old_moves.as_ref() != Some(&new_moves);
         let generation = if changed { generation + 1 } else { generation };
-        let full = Arc::new(convert::set_to_proto(&set));
-        let basic = Arc::new(convert::basic_view(&full));
         let event = {
             let old = if changed {
                 old_moves.unwrap_or_default()
@@ -1153,11 +1144,9 @@ impl State {
             }
         };
         c.cached = Some(Cached {
-            set,
             encoded_full: cached_response(&full, generation),
-            encoded_basic: cached_response(&basic, generation),
+            encoded_basic: cached_response(&convert::basic_view(&full), generation),
             full,
-            basic,
             generation,
             cycle,
         });
@@ -1216,7 +1205,7 @@ impl State {
                     recommendations: c
                         .cached
                         .as_ref()
-                        .map_or(0, |x| x.set.recommendations.len() as u32),
+                        .map_or(0, |x| x.full.recommendations.len() as u32),
                 })
             })
             .collect()

@@ -101,9 +101,10 @@ fn full_view(view: i32) -> Result<bool, Status> {
     convert::wants_full_view(view).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-/// A cached set in the requested view: the message and its encoded response.
+/// A cached set: the full message, the view asked for, and the response encoded in that view.
 pub(super) struct CachedHit {
-    pub proto: Arc<pb::RecommendationSet>,
+    pub full_set: Arc<pb::RecommendationSet>,
+    pub full: bool,
     pub generation: u64,
     pub encoded: prost::bytes::Bytes,
 }
@@ -131,7 +132,8 @@ impl Service {
         }
         match state.cached(&req.cluster) {
             Some(c) => Ok(Some(CachedHit {
-                proto: c.proto(full).clone(),
+                full_set: c.full.clone(),
+                full,
                 generation: c.generation,
                 encoded: c.encoded(full).clone(),
             })),
@@ -239,7 +241,7 @@ impl Recommender for Service {
         let req = request.into_inner();
         let r = match self.cached_recommendations(&req) {
             Ok(Some(hit)) => Ok(pb::GetRecommendationsResponse {
-                set: Some((*hit.proto).clone()),
+                set: Some(convert::in_view(&hit.full_set, hit.full)),
                 computed_fresh: false,
                 generation: hit.generation,
             }),
@@ -301,10 +303,10 @@ impl Recommender for Service {
                         cluster: c.clone(),
                         at_unix_ms: wall_ms(),
                         generation: cached.generation,
-                        added_vmids: cached.set.recommendations.iter().map(|r| r.vmid).collect(),
+                        added_vmids: cached.full.recommendations.iter().map(|r| r.vmid).collect(),
                         removed_vmids: Vec::new(),
                         changed_vmids: Vec::new(),
-                        recommendations: Some((**cached.proto(full)).clone()),
+                        recommendations: Some(convert::in_view(&cached.full, full)),
                         cycle: cached.cycle,
                     })
                 })

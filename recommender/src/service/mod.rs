@@ -94,8 +94,6 @@ pub struct Notice {
     pub event: Arc<pb::RecommendationsChanged>,
     /// The set, full.
     pub full: Arc<pb::RecommendationSet>,
-    /// The set's basic view.
-    pub basic: Arc<pb::RecommendationSet>,
     /// Whether the moves changed.
     pub changed: bool,
 }
@@ -103,9 +101,8 @@ pub struct Notice {
 impl Notice {
     /// The event carrying its set in the full or the basic view.
     pub fn event_in(&self, full: bool) -> pb::RecommendationsChanged {
-        let set = if full { &self.full } else { &self.basic };
         pb::RecommendationsChanged {
-            recommendations: Some((**set).clone()),
+            recommendations: Some(crate::convert::in_view(&self.full, full)),
             ..(*self.event).clone()
         }
     }
@@ -155,11 +152,11 @@ impl Shared {
         };
         let set = engine::plan(&cluster_model, None);
         let recs = set.recommendations.len();
-        let (event, changed, full, basic) = {
+        let (event, changed, full) = {
             let mut state = self.write();
             let (event, changed) = state.store_set(set, now, cycle);
-            let cached = state.cached(cluster)?;
-            (event, changed, cached.full.clone(), cached.basic.clone())
+            let full = state.cached(cluster)?.full.clone();
+            (event, changed, full)
         };
         let elapsed = started.elapsed();
         metrics::histogram!(metric::RECOMPUTE_DURATION, "cluster" => cluster.to_owned())
@@ -175,7 +172,6 @@ impl Shared {
         let notice = Notice {
             event: Arc::new(event),
             full,
-            basic,
             changed,
         };
         let _ = self.changes.send(notice.clone());
