@@ -189,17 +189,23 @@ impl Recommender {
             .expect("set")
     }
 
-    /// The health `Check` of `service` ("" for the server as a whole).
-    async fn health(
-        &self,
-        service: &str,
-    ) -> tonic_health::pb::health_check_response::ServingStatus {
+    /// A client of the recommender's health service.
+    async fn health_client(&self) -> tonic_health::pb::health_client::HealthClient<Channel> {
         let channel = Channel::from_shared(format!("http://{}", self.service.grpc_addr()))
             .expect("url")
             .connect()
             .await
             .expect("connect");
         tonic_health::pb::health_client::HealthClient::new(channel)
+    }
+
+    /// The health `Check` of `service` ("" for the server as a whole).
+    async fn health(
+        &self,
+        service: &str,
+    ) -> tonic_health::pb::health_check_response::ServingStatus {
+        self.health_client()
+            .await
             .check(tonic_health::pb::HealthCheckRequest {
                 service: service.into(),
             })
@@ -211,13 +217,9 @@ impl Recommender {
 
     /// Waits until the health service reports SERVING.
     async fn serving(&self) {
-        let channel = Channel::from_shared(format!("http://{}", self.service.grpc_addr()))
-            .expect("url")
-            .connect()
+        let mut stream = self
+            .health_client()
             .await
-            .expect("connect");
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-        let mut stream = health
             .watch(tonic_health::pb::HealthCheckRequest {
                 service: "proxbalance.v1.Recommender".into(),
             })
