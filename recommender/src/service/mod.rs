@@ -94,6 +94,9 @@ pub struct Notice {
     pub event: Arc<pb::RecommendationsChanged>,
     /// The set, full.
     pub full: Arc<pb::RecommendationSet>,
+    /// Its basic view, built by the first of the NATS event and the watchers that needs it
+    /// and shared by the rest.
+    basic: Arc<std::sync::OnceLock<pb::RecommendationSet>>,
     /// Whether the moves changed.
     pub changed: bool,
 }
@@ -102,7 +105,13 @@ impl Notice {
     /// The event carrying its set in the full or the basic view.
     pub fn event_in(&self, full: bool) -> pb::RecommendationsChanged {
         pb::RecommendationsChanged {
-            recommendations: Some(crate::convert::in_view(&self.full, full)),
+            recommendations: Some(if full {
+                (*self.full).clone()
+            } else {
+                self.basic
+                    .get_or_init(|| crate::convert::basic_view(&self.full))
+                    .clone()
+            }),
             ..(*self.event).clone()
         }
     }
@@ -172,6 +181,7 @@ impl Shared {
         let notice = Notice {
             event: Arc::new(event),
             full,
+            basic: Arc::default(),
             changed,
         };
         let _ = self.changes.send(notice.clone());
