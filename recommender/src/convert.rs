@@ -93,6 +93,7 @@ enum_conversions!(
         SourceMemoryHealthy,
         InsufficientImprovement,
         NoSuitableTarget,
+        ConfigUnknown,
     ]
 );
 

@@ -1076,6 +1076,7 @@ impl State {
                 passthrough: g.passthrough,
                 unshared_bind_mount: g.unshared_bind_mount,
                 storages: g.storages.clone(),
+                config_known: g.config_known,
             })
             .collect();
         Some(ClusterView {
@@ -1303,6 +1304,7 @@ mod tests {
                 vcpus: 2.0,
                 mem_used_bytes: 4 << 30,
                 mem_max_bytes: 8 << 30,
+                config_known: true,
                 ..Default::default()
             }],
             ..Default::default()
@@ -1595,6 +1597,29 @@ mod tests {
         assert!(!st.has_fresh_data(T0)); // no cached set yet
         let v = st.view("c", T0 + 3_600_000).unwrap();
         assert!(v.nodes.iter().all(|n| n.status != NodeStatus::Online));
+    }
+
+    #[test]
+    fn a_guest_whose_configuration_is_unread_stays_where_it_is() {
+        let mut st = State::new(settings());
+        let mut a = snap("a", 1, T0, 0.95);
+        a.guests[0].passthrough = false;
+        a.guests[0].config_known = false;
+        ingest_snap(&mut st, &a).unwrap();
+        ingest_snap(&mut st, &snap("b", 1, T0, 0.05)).unwrap();
+        let view = st.view("c", T0).unwrap();
+        let guest = view.guests.iter().find(|g| g.vmid == 100).unwrap();
+        assert!(!guest.config_known);
+        let cluster = view.validate().unwrap();
+        let set = engine::plan(&cluster, None);
+        assert!(set.recommendations.iter().all(|r| r.vmid != 100));
+        let skipped = set.skipped.iter().find(|s| s.vmid == 100).unwrap();
+        assert_eq!(skipped.reason, engine::SkipReason::ConfigUnknown);
+        let options = engine::migration_options(&cluster, 100).unwrap();
+        assert_eq!(
+            options.source.guest_gate.map(|g| g.reason),
+            Some(engine::SkipReason::ConfigUnknown)
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The golden cases of `shared/spec/golden/` through `proxbalance options --format json`: every
+//! The golden cases of `engine/tests/golden/` through `proxbalance options --format json`: every
 //! target's score, penalties, stability factor, components and gate, as the reference model
 //! computes them with the ENGINE.md rules.
 
@@ -7,18 +7,9 @@ use std::process::Command;
 
 use serde_json::Value;
 
-/// The golden directory: `$PROXBALANCE_GOLDEN_DIR`, or `shared/spec/golden` beside the checkout.
+/// The golden cases, kept with the engine's tests.
 fn golden_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("PROXBALANCE_GOLDEN_DIR") {
-        return PathBuf::from(dir);
-    }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/golden");
-    assert!(
-        dir.is_dir(),
-        "golden cases not found at {}: set PROXBALANCE_GOLDEN_DIR",
-        dir.display()
-    );
-    dir
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("engine/tests/golden")
 }
 
 fn cases() -> Vec<(String, Value)> {

@@ -33,6 +33,7 @@ fn guest(vmid: u32) -> pb::Guest {
         mem_max_bytes: 4 << 30,
         tags: vec!["prod".into()],
         storages: vec!["local-lvm".into()],
+        config_known: true,
         ..Default::default()
     }
 }

@@ -40,6 +40,7 @@ pub enum SkipReason {
     Stopped,
     Template,
     Locked,
+    ConfigUnknown,
     PassthroughDisk,
     UnsharedBindMount,
     SourceMemoryHealthy,
@@ -56,6 +57,7 @@ impl SkipReason {
             SkipReason::Stopped => "stopped",
             SkipReason::Template => "template",
             SkipReason::Locked => "locked",
+            SkipReason::ConfigUnknown => "config_unknown",
             SkipReason::PassthroughDisk => "passthrough_disk",
             SkipReason::UnsharedBindMount => "unshared_bind_mount",
             SkipReason::SourceMemoryHealthy => "source_memory_healthy",
@@ -411,6 +413,12 @@ impl<'a> Planner<'a> {
         }
         if !g.is_running() && !maint {
             return Some((SkipReason::Stopped, format!("status {}", g.status)));
+        }
+        if !g.config_known {
+            return Some((
+                SkipReason::ConfigUnknown,
+                "configuration not read yet: passthrough disks and bind mounts are unknown".into(),
+            ));
         }
         if g.passthrough {
             return Some((

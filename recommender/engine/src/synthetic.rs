@@ -179,6 +179,7 @@ pub fn cluster_view(nodes: usize, guests: usize, seed: u64) -> ClusterView {
             passthrough: rng.chance(0.02),
             unshared_bind_mount: kind == GuestKind::Lxc && rng.chance(0.05),
             storages,
+            config_known: true,
         });
         if running {
             running_on[node].push(position);

@@ -169,6 +169,18 @@ pub struct GuestView {
     pub unshared_bind_mount: bool,
     #[serde(default)]
     pub storages: Vec<String>,
+    /// Whether the guest's configuration has been read. Until it is, passthrough disks and bind
+    /// mounts are unknown and the guest is not moved (`config_unknown`).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub config_known: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
 }
 
 /// Virtual machine or container.
@@ -252,6 +264,8 @@ pub struct Guest {
     pub passthrough: bool,
     pub unshared_bind_mount: bool,
     pub storages: Vec<String>,
+    /// The configuration has been read (passthrough and bind mounts are known).
+    pub config_known: bool,
 }
 
 impl Guest {
@@ -615,6 +629,7 @@ fn validate_guest(
         passthrough: g.passthrough,
         unshared_bind_mount: g.unshared_bind_mount,
         storages,
+        config_known: g.config_known,
     })
 }
 

@@ -1,4 +1,4 @@
-//! `shared/spec/golden/settings.json`: the simplified settings → penalty configuration mapping.
+//! `tests/golden/settings.json`: the simplified settings → penalty configuration mapping.
 //! (The per-target golden cases run through `proxbalance options`, in the recommender's tests.)
 
 use std::path::PathBuf;
@@ -6,18 +6,9 @@ use std::path::PathBuf;
 use proxbalance_engine::MigrationSettings;
 use serde_json::Value;
 
-/// The golden directory: `$PROXBALANCE_GOLDEN_DIR`, or `shared/spec/golden` beside the checkout.
+/// The golden cases, kept beside this test.
 fn golden_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("PROXBALANCE_GOLDEN_DIR") {
-        return PathBuf::from(dir);
-    }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/spec/golden");
-    assert!(
-        dir.is_dir(),
-        "golden cases not found at {}: set PROXBALANCE_GOLDEN_DIR",
-        dir.display()
-    );
-    dir
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
 #[test]

@@ -70,6 +70,7 @@ fn templates(c: usize) -> (Vec<pb::NodeSnapshot>, pb::ClusterStatus) {
                         disk_read_bps: g.disk_read_bps,
                         disk_write_bps: g.disk_write_bps,
                         tags: g.tags.clone(),
+                        config_known: true,
                         ..Default::default()
                     })
                     .collect(),
