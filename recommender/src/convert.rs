@@ -104,7 +104,34 @@ enum_conversions!(
     engine::ReasonKind,
     pb::ReasonKind,
     "reason kind",
-    [MaintenanceEvacuation, IowaitRelief, CpuImbalance, MemImbalance]
+    [
+        MaintenanceEvacuation,
+        IowaitRelief,
+        CpuImbalance,
+        MemImbalance,
+        AntiAffinity,
+        Overcommit,
+    ]
+);
+
+enum_conversions!(
+    /// The protobuf value of a move's term.
+    move_term_to_proto,
+    move_term_from_proto,
+    engine::MoveTerm,
+    pb::MoveTerm,
+    "move term",
+    [
+        Maintenance,
+        AntiAffinity,
+        IowaitRelief,
+        MemoryBalance,
+        CpuBalance,
+        Overcommit,
+        Iowait,
+        Affinity,
+        NodeHealth,
+    ]
 );
 
 /// Declares the two conversions between an engine struct and its protobuf twin whose fields
@@ -123,25 +150,67 @@ macro_rules! field_conversions {
 
 // ------------------------------------------------------------------ score details
 
+/// The penalty conversions, over the engine's one list of penalty keys.
+macro_rules! penalty_conversions {
+    ($($key:ident : $class:ident),* $(,)?) => {
+        field_conversions!(
+            penalties_to_proto,
+            penalties_from_proto,
+            engine::PenaltyBreakdown,
+            pb::PenaltyBreakdown,
+            [$($key),*]
+        );
+    };
+}
+
+proxbalance_engine::penalty_keys!(penalty_conversions);
+
 field_conversions!(
-    penalties_to_proto,
-    penalties_from_proto,
-    engine::PenaltyBreakdown,
-    pb::PenaltyBreakdown,
+    gain_to_proto,
+    gain_from_proto,
+    engine::ObjectiveGain,
+    pb::ObjectiveGain,
     [
-        current_cpu,
-        current_mem,
-        sustained_cpu,
-        sustained_mem,
-        iowait_current,
-        iowait_sustained,
-        cpu_trend,
-        mem_trend,
-        cpu_spikes,
-        mem_spikes,
-        predicted_cpu,
-        predicted_mem,
-        mem_overcommit,
+        node_health,
+        memory_balance,
+        cpu_balance,
+        overcommit,
+        iowait,
+        anti_affinity,
+        affinity,
+        total,
+        cost,
+    ]
+);
+
+field_conversions!(
+    imbalance_to_proto,
+    imbalance_from_proto,
+    engine::Imbalance,
+    pb::Imbalance,
+    [
+        mem_spread,
+        mem_stddev,
+        cpu_spread,
+        cpu_stddev,
+        normalized_cv
+    ]
+);
+
+field_conversions!(
+    figures_to_proto,
+    figures_from_proto,
+    engine::NodeFigures,
+    pb::NodeFigures,
+    [
+        cpu,
+        mem,
+        committed_pct,
+        overcommit_ratio,
+        iowait,
+        iowait_24h,
+        score,
+        running_guests,
     ]
 );
 
@@ -264,6 +333,8 @@ fn recommendation_to_proto(r: &engine::Recommendation) -> pb::Recommendation {
         affinity_leader_vmid: r.affinity_leader_vmid,
         affinity_companions: r.affinity_companions.clone(),
         warnings: r.warnings.clone(),
+        term: move_term_to_proto(r.term) as i32,
+        gain: r.gain.as_ref().map(gain_to_proto),
     }
 }
 
@@ -310,6 +381,8 @@ fn recommendation_from_proto(
         affinity_leader_vmid: r.affinity_leader_vmid,
         affinity_companions: r.affinity_companions.clone(),
         warnings: r.warnings.clone(),
+        term: move_term_from_proto(&format!("{f}.term"), r.term)?,
+        gain: r.gain.as_ref().map(gain_from_proto),
     })
 }
 
@@ -415,7 +488,79 @@ pub fn set_to_proto(s: &engine::RecommendationSet) -> pb::RecommendationSet {
                 penalties: Some(penalties_to_proto(&n.penalties)),
             })
             .collect(),
+        planner: s.planner.as_str().to_owned(),
+        prediction: Some(prediction_to_proto(&s.prediction)),
+        deferred: s
+            .deferred
+            .iter()
+            .map(|d| pb::DeferredMove {
+                vmid: d.vmid,
+                name: d.name.clone(),
+                source_node: d.source_node.clone(),
+                target_node: d.target_node.clone(),
+                term: move_term_to_proto(d.term) as i32,
+                mem_gb: d.mem_gb,
+                gain: d.gain,
+                reason: d.reason.clone(),
+            })
+            .collect(),
+        unresolved: s
+            .unresolved
+            .iter()
+            .map(|u| pb::Unresolved {
+                rule: u.rule.clone(),
+                node: u.node.clone(),
+                group: u.group.clone(),
+                vmids: u.vmids.clone(),
+                detail: u.detail.clone(),
+            })
+            .collect(),
     }
+}
+
+fn prediction_to_proto(p: &engine::Prediction) -> pb::Prediction {
+    pb::Prediction {
+        nodes: p
+            .nodes
+            .iter()
+            .map(|n| pb::NodePrediction {
+                node: n.node.clone(),
+                maintenance: n.maintenance,
+                before: Some(figures_to_proto(&n.before)),
+                after: Some(figures_to_proto(&n.after)),
+            })
+            .collect(),
+        imbalance_before: Some(imbalance_to_proto(&p.imbalance_before)),
+        imbalance_after: Some(imbalance_to_proto(&p.imbalance_after)),
+        objective_before: p.objective_before,
+        objective_after: p.objective_after,
+    }
+}
+
+fn prediction_from_proto(p: &pb::Prediction) -> Result<engine::Prediction, ConvertError> {
+    let mut nodes = Vec::with_capacity(p.nodes.len());
+    for (i, n) in p.nodes.iter().enumerate() {
+        let f = format!("prediction.nodes[{i}]");
+        nodes.push(engine::NodePrediction {
+            node: n.node.clone(),
+            maintenance: n.maintenance,
+            before: figures_from_proto(required(&format!("{f}.before"), n.before.as_ref())?),
+            after: figures_from_proto(required(&format!("{f}.after"), n.after.as_ref())?),
+        });
+    }
+    Ok(engine::Prediction {
+        nodes,
+        imbalance_before: imbalance_from_proto(required(
+            "prediction.imbalance_before",
+            p.imbalance_before.as_ref(),
+        )?),
+        imbalance_after: imbalance_from_proto(required(
+            "prediction.imbalance_after",
+            p.imbalance_after.as_ref(),
+        )?),
+        objective_before: p.objective_before,
+        objective_after: p.objective_after,
+    })
 }
 
 /// Whether a request's `SetView` asks for the full set (`SET_VIEW_FULL`) rather than the basic
@@ -460,6 +605,10 @@ pub fn basic_view(full: &pb::RecommendationSet) -> pb::RecommendationSet {
         execution_plan: full.execution_plan.clone(),
         summary: full.summary.clone(),
         node_scores: full.node_scores.clone(),
+        planner: full.planner.clone(),
+        prediction: full.prediction.clone(),
+        deferred: full.deferred.clone(),
+        unresolved: full.unresolved.clone(),
     }
 }
 
@@ -571,6 +720,36 @@ pub fn set_from_proto(
             active_preset: sum.active_preset.clone(),
         },
         node_scores,
+        planner: from_word("planner", &s.planner)?,
+        prediction: prediction_from_proto(required("prediction", s.prediction.as_ref())?)?,
+        deferred: s
+            .deferred
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                Ok(engine::DeferredMove {
+                    vmid: d.vmid,
+                    name: d.name.clone(),
+                    source_node: d.source_node.clone(),
+                    target_node: d.target_node.clone(),
+                    term: move_term_from_proto(&format!("deferred[{i}].term"), d.term)?,
+                    mem_gb: d.mem_gb,
+                    gain: d.gain,
+                    reason: d.reason.clone(),
+                })
+            })
+            .collect::<Result<_, ConvertError>>()?,
+        unresolved: s
+            .unresolved
+            .iter()
+            .map(|u| engine::Unresolved {
+                rule: u.rule.clone(),
+                node: u.node.clone(),
+                group: u.group.clone(),
+                vmids: u.vmids.clone(),
+                detail: u.detail.clone(),
+            })
+            .collect(),
     })
 }
 

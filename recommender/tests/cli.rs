@@ -69,7 +69,15 @@ fn refused(out: &Output) -> String {
 #[test]
 fn plan_json_has_the_documented_structure() {
     let out = run(
-        &["plan", "--input", "-", "--format", "json"],
+        &[
+            "plan",
+            "--input",
+            "-",
+            "--format",
+            "json",
+            "--set",
+            "planner=reference",
+        ],
         Some(&view().to_string()),
     );
     assert!(
@@ -148,6 +156,82 @@ fn plan_json_has_the_documented_structure() {
             .as_str()
             .is_some_and(|d| !d.is_empty())
     );
+    assert_eq!(set["planner"], "reference");
+}
+
+#[test]
+fn the_cluster_planner_explains_its_plan_in_json() {
+    let out = run(
+        &["plan", "--input", "-", "--format", "json"],
+        Some(&view().to_string()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let set: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(set["planner"], "cluster");
+    let recs = set["recommendations"].as_array().expect("array");
+    let moves: Vec<(u64, &str, &str)> = recs
+        .iter()
+        .map(|r| {
+            (
+                r["vmid"].as_u64().expect("vmid"),
+                r["target_node"].as_str().expect("target"),
+                r["term"].as_str().expect("term"),
+            )
+        })
+        .collect();
+    // 102 takes its CPU to pve3, which 301 then leaves for pve2; 101 stays: on any other
+    // node its 6.4 busy cores would only move the CPU hot spot
+    assert_eq!(
+        moves,
+        [
+            (102, "pve3", "cpu_balance"),
+            (301, "pve2", "memory_balance")
+        ]
+    );
+    let gain = &recs[0]["gain"];
+    for key in [
+        "node_health",
+        "memory_balance",
+        "cpu_balance",
+        "overcommit",
+        "iowait",
+        "anti_affinity",
+        "affinity",
+        "total",
+        "cost",
+    ] {
+        assert!(gain[key].is_number(), "gain lacks {key}");
+    }
+    assert_eq!(gain["cost"], 36.0);
+    assert!(recs[0]["score_details"]["source"]["score"].is_number());
+    let p = &set["prediction"];
+    let nodes = p["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3);
+    assert_eq!(nodes[0]["node"], "pve1");
+    assert_eq!(nodes[0]["before"]["cpu"], 78.0);
+    assert_eq!(nodes[0]["after"]["cpu"], 68.0);
+    assert_eq!(nodes[0]["after"]["mem"], 59.5);
+    assert!(p["objective_after"].as_f64() < p["objective_before"].as_f64());
+    assert_eq!(p["imbalance_before"]["mem_spread"], 32.0);
+    let skipped = &set["skipped"][0];
+    assert_eq!(
+        (skipped["vmid"].as_u64(), skipped["reason"].as_str()),
+        (Some(101), Some("insufficient_improvement"))
+    );
+    assert!(
+        skipped["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("every move would raise the plan objective")),
+        "{skipped}"
+    );
+    assert_eq!(
+        set["execution_plan"]["parallel_groups"],
+        json!([[102], [301]])
+    );
 }
 
 #[test]
@@ -169,7 +253,20 @@ fn plan_table_is_for_people() {
         "columns align:\n{text}"
     );
     assert!(row.ends_with("balance CPU load"), "{row}");
+    assert!(row.contains(" cpu_balance "), "{row}");
     assert!(text.contains("tagged ignore"));
+    assert!(
+        text.contains("Planner cluster: memory spread 32.0 -> 13.2 points"),
+        "{text}"
+    );
+    let pve1 = text
+        .lines()
+        .find(|l| l.starts_with("pve1 "))
+        .expect("node row for pve1");
+    assert!(
+        pve1.contains("78.0 -> 68.0") && pve1.contains("72.0 -> 59.5"),
+        "{pve1}"
+    );
 }
 
 #[test]
@@ -184,7 +281,7 @@ fn tuning_flags_change_the_plan() {
                 "--format",
                 "json",
                 "--set",
-                "min_score_improvement=500",
+                "min_move_gain=5000",
             ],
             None,
         )
@@ -192,6 +289,25 @@ fn tuning_flags_change_the_plan() {
     let set: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(set["recommendations"].as_array().map(Vec::len), Some(0));
     assert_eq!(set["summary"]["active_preset"], "custom");
+
+    let out = with_file(&v, |p| {
+        run(
+            &[
+                "plan",
+                "--input",
+                p,
+                "--format",
+                "json",
+                "--set",
+                "max_moves=1",
+            ],
+            None,
+        )
+    });
+    let set: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(set["recommendations"].as_array().map(Vec::len), Some(1));
+    assert_eq!(set["deferred"][0]["vmid"], 301);
+    assert_eq!(set["deferred"][0]["reason"], "max_moves (1) reached");
 
     let out = with_file(&v, |p| {
         run(

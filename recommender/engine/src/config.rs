@@ -98,8 +98,40 @@ pub struct SeasonalBaseline {
     pub sigma_threshold: f64,
 }
 
+/// Which planner makes a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlannerKind {
+    /// The cluster-level planner: mandatory work, then balancing moves by best gain on a
+    /// simulated cluster (docs/planner.md).
+    Cluster,
+    /// ProxBalance's per-guest generation, kept faithful to the reference model.
+    Reference,
+}
+
+impl PlannerKind {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlannerKind::Cluster => "cluster",
+            PlannerKind::Reference => "reference",
+        }
+    }
+}
+
+/// How the sensitivity of the simplified settings scales a key (reference §3.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scaling {
+    /// CPU and IOWait penalties: × the sensitivity's scale.
+    Full,
+    /// Memory penalties: half as much.
+    Half,
+    /// Everything else, including the overcommit penalties (facts about memory).
+    Fixed,
+}
+
 macro_rules! penalty_config {
-    ($( $(#[$doc:meta])* $key:ident : $ty:ty = $default:expr ),* $(,)?) => {
+    ($( $(#[$doc:meta])* $key:ident : $ty:ty = $default:expr ; $scaling:ident ),* $(,)?) => {
         /// The complete, merged penalty configuration. Never partial: overrides are laid over
         /// the defaults before anything reads it.
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,115 +145,116 @@ macro_rules! penalty_config {
                 Self { $( $key: $default, )* }
             }
         }
+
+        /// Every key with how the sensitivity scales it.
+        const SCALING: &[(&str, Scaling)] = &[$( (stringify!($key), Scaling::$scaling), )*];
     };
 }
 
 penalty_config! {
-    cpu_high_penalty: f64 = 20.0,
-    cpu_very_high_penalty: f64 = 50.0,
-    cpu_extreme_penalty: f64 = 100.0,
-    mem_high_penalty: f64 = 8.0,
-    mem_very_high_penalty: f64 = 20.0,
-    mem_extreme_penalty: f64 = 50.0,
-    cpu_sustained_high: f64 = 40.0,
-    cpu_sustained_very_high: f64 = 80.0,
-    cpu_sustained_critical: f64 = 150.0,
-    mem_sustained_high: f64 = 10.0,
-    mem_sustained_very_high: f64 = 25.0,
-    mem_sustained_critical: f64 = 60.0,
-    iowait_high_penalty: f64 = 20.0,
-    iowait_very_high_penalty: f64 = 40.0,
-    iowait_extreme_penalty: f64 = 80.0,
-    iowait_sustained_elevated: f64 = 15.0,
-    iowait_sustained_high: f64 = 30.0,
-    iowait_sustained_critical: f64 = 60.0,
-    cpu_trend_rising_penalty: f64 = 15.0,
-    mem_trend_rising_penalty: f64 = 0.0,
-    cpu_spike_moderate: f64 = 5.0,
-    cpu_spike_high: f64 = 10.0,
-    cpu_spike_very_high: f64 = 20.0,
-    cpu_spike_extreme: f64 = 30.0,
-    mem_spike_moderate: f64 = 2.0,
-    mem_spike_high: f64 = 5.0,
-    mem_spike_very_high: f64 = 10.0,
-    mem_spike_extreme: f64 = 20.0,
-    predicted_cpu_over_penalty: f64 = 25.0,
-    predicted_cpu_high_penalty: f64 = 50.0,
-    predicted_cpu_extreme_penalty: f64 = 100.0,
-    predicted_mem_over_penalty: f64 = 10.0,
-    predicted_mem_high_penalty: f64 = 25.0,
-    predicted_mem_extreme_penalty: f64 = 50.0,
+    cpu_high_penalty: f64 = 20.0; Full,
+    cpu_very_high_penalty: f64 = 50.0; Full,
+    cpu_extreme_penalty: f64 = 100.0; Full,
+    mem_high_penalty: f64 = 8.0; Half,
+    mem_very_high_penalty: f64 = 20.0; Half,
+    mem_extreme_penalty: f64 = 50.0; Half,
+    cpu_sustained_high: f64 = 40.0; Full,
+    cpu_sustained_very_high: f64 = 80.0; Full,
+    cpu_sustained_critical: f64 = 150.0; Full,
+    mem_sustained_high: f64 = 10.0; Half,
+    mem_sustained_very_high: f64 = 25.0; Half,
+    mem_sustained_critical: f64 = 60.0; Half,
+    iowait_high_penalty: f64 = 20.0; Full,
+    iowait_very_high_penalty: f64 = 40.0; Full,
+    iowait_extreme_penalty: f64 = 80.0; Full,
+    iowait_sustained_elevated: f64 = 15.0; Full,
+    iowait_sustained_high: f64 = 30.0; Full,
+    iowait_sustained_critical: f64 = 60.0; Full,
+    cpu_trend_rising_penalty: f64 = 15.0; Full,
+    mem_trend_rising_penalty: f64 = 0.0; Half,
+    cpu_spike_moderate: f64 = 5.0; Full,
+    cpu_spike_high: f64 = 10.0; Full,
+    cpu_spike_very_high: f64 = 20.0; Full,
+    cpu_spike_extreme: f64 = 30.0; Full,
+    mem_spike_moderate: f64 = 2.0; Half,
+    mem_spike_high: f64 = 5.0; Half,
+    mem_spike_very_high: f64 = 10.0; Half,
+    mem_spike_extreme: f64 = 20.0; Half,
+    predicted_cpu_over_penalty: f64 = 25.0; Full,
+    predicted_cpu_high_penalty: f64 = 50.0; Full,
+    predicted_cpu_extreme_penalty: f64 = 100.0; Full,
+    predicted_mem_over_penalty: f64 = 10.0; Half,
+    predicted_mem_high_penalty: f64 = 25.0; Half,
+    predicted_mem_extreme_penalty: f64 = 50.0; Half,
     /// Added when a target's overcommit ratio exceeds 1.0.
-    mem_overcommit_penalty: f64 = 15.0,
+    mem_overcommit_penalty: f64 = 15.0; Fixed,
     /// Added instead when the ratio exceeds 1.2.
-    mem_overcommit_high_penalty: f64 = 40.0,
-    cpu_threshold_offset_1: f64 = 10.0,
-    cpu_threshold_offset_2: f64 = 20.0,
-    mem_threshold_offset_1: f64 = 10.0,
-    mem_threshold_offset_2: f64 = 20.0,
-    /// A move must improve the score by at least this much.
-    min_score_improvement: f64 = 15.0,
-    maintenance_score_boost: f64 = 100.0,
-    iowait_score_boost: f64 = 30.0,
-    iowait_exempt_enabled: bool = true,
-    /// A source below this memory % (and below the CPU threshold) keeps its guests.
-    source_mem_migration_floor: f64 = 65.0,
-    weight_current: f64 = 0.5,
-    weight_24h: f64 = 0.3,
-    weight_7d: f64 = 0.2,
-    /// CPU and memory spread (percentage points) under which a calm cluster is left alone.
-    cluster_convergence_threshold: f64 = 8.0,
-    seasonal_baseline: SeasonalBaseline = SeasonalBaseline { enabled: false, sigma_threshold: 2.0 },
+    mem_overcommit_high_penalty: f64 = 40.0; Fixed,
+    cpu_threshold_offset_1: f64 = 10.0; Fixed,
+    cpu_threshold_offset_2: f64 = 20.0; Fixed,
+    mem_threshold_offset_1: f64 = 10.0; Fixed,
+    mem_threshold_offset_2: f64 = 20.0; Fixed,
+    /// A move must improve the score by at least this much (reference generator).
+    min_score_improvement: f64 = 15.0; Fixed,
+    maintenance_score_boost: f64 = 100.0; Fixed,
+    iowait_score_boost: f64 = 30.0; Fixed,
+    iowait_exempt_enabled: bool = true; Fixed,
+    /// A source below this memory % (and below the CPU threshold) keeps its guests (reference
+    /// generator).
+    source_mem_migration_floor: f64 = 65.0; Fixed,
+    weight_current: f64 = 0.5; Fixed,
+    weight_24h: f64 = 0.3; Fixed,
+    weight_7d: f64 = 0.2; Fixed,
+    /// CPU and memory spread (percentage points) under which a calm cluster is left alone
+    /// (reference generator).
+    cluster_convergence_threshold: f64 = 8.0; Fixed,
+    seasonal_baseline: SeasonalBaseline = SeasonalBaseline { enabled: false, sigma_threshold: 2.0 }; Fixed,
     /// Fraction of host RAM the hard memory gate keeps free.
-    capacity_headroom: f64 = 0.05,
-    capacity_basis: CapacityBasis = CapacityBasis::Committed,
+    capacity_headroom: f64 = 0.05; Fixed,
+    capacity_basis: CapacityBasis = CapacityBasis::Committed; Fixed,
     /// Cap on the sum of memory penalties; 0 disables the cap.
-    mem_penalty_cap: f64 = 60.0,
+    mem_penalty_cap: f64 = 60.0; Fixed,
     /// The most guests selected off one IOWait-stressed node per run.
-    iowait_guest_limit: f64 = 5.0,
+    iowait_guest_limit: f64 = 5.0; Fixed,
+    /// Which planner makes the plan: `cluster` or `reference`.
+    planner: PlannerKind = PlannerKind::Cluster; Fixed,
+    /// Objective points per point of Σ node scores (cluster planner).
+    node_score_weight: f64 = 1.0; Fixed,
+    /// Objective points per squared percentage point of memory % deviation from the mean.
+    balance_mem_weight: f64 = 1.0; Fixed,
+    /// Objective points per squared percentage point of CPU % deviation from the mean.
+    balance_cpu_weight: f64 = 0.05; Fixed,
+    /// Objective points per squared percentage point of memory % above the memory threshold
+    /// less `excess_margin`.
+    excess_mem_weight: f64 = 2.0; Fixed,
+    /// Objective points per squared percentage point of CPU % above the CPU threshold less
+    /// `excess_margin`.
+    excess_cpu_weight: f64 = 2.0; Fixed,
+    /// Objective points per squared percentage point of IOWait % above the IOWait threshold
+    /// less `excess_margin`.
+    excess_iowait_weight: f64 = 2.0; Fixed,
+    /// How far below each threshold (percentage points) the excess terms start.
+    excess_margin: f64 = 10.0; Fixed,
+    /// Objective points per pair of anti-affinity guests sharing a node.
+    anti_affinity_weight: f64 = 200.0; Fixed,
+    /// Objective points per node beyond the first that an affinity group spans.
+    affinity_weight: f64 = 30.0; Fixed,
+    /// What any migration costs, objective points.
+    move_cost: f64 = 20.0; Fixed,
+    /// What each GiB of a guest's memory adds to its migration's cost, objective points.
+    move_cost_per_gib: f64 = 2.0; Fixed,
+    /// A balancing move must lower the objective by its cost plus this much.
+    min_move_gain: f64 = 5.0; Fixed,
+    /// The most moves one plan makes; the rest is deferred. 0: no limit.
+    max_moves: f64 = 0.0; Fixed,
+    /// The most memory (GiB, Σ maxmem) one plan migrates; the rest is deferred. 0: no limit.
+    max_gib: f64 = 0.0; Fixed,
 }
 
-/// The 14 CPU penalty keys and the 6 IOWait keys: scaled by the sensitivity.
-const CPU_AND_IO_KEYS: [&str; 20] = [
-    "cpu_high_penalty",
-    "cpu_very_high_penalty",
-    "cpu_extreme_penalty",
-    "cpu_sustained_high",
-    "cpu_sustained_very_high",
-    "cpu_sustained_critical",
-    "cpu_trend_rising_penalty",
-    "cpu_spike_moderate",
-    "cpu_spike_high",
-    "cpu_spike_very_high",
-    "cpu_spike_extreme",
-    "predicted_cpu_over_penalty",
-    "predicted_cpu_high_penalty",
-    "predicted_cpu_extreme_penalty",
-    "iowait_high_penalty",
-    "iowait_very_high_penalty",
-    "iowait_extreme_penalty",
-    "iowait_sustained_elevated",
-    "iowait_sustained_high",
-    "iowait_sustained_critical",
-];
-
-/// The 14 memory penalty keys: scaled half as much. The overcommit keys are facts about memory
-/// and are not scaled at all.
-const MEM_KEYS: [&str; 14] = [
-    "mem_high_penalty",
-    "mem_very_high_penalty",
-    "mem_extreme_penalty",
-    "mem_sustained_high",
-    "mem_sustained_very_high",
-    "mem_sustained_critical",
-    "mem_trend_rising_penalty",
-    "mem_spike_moderate",
-    "mem_spike_high",
-    "mem_spike_very_high",
-    "mem_spike_extreme",
-    "predicted_mem_over_penalty",
-    "predicted_mem_high_penalty",
-    "predicted_mem_extreme_penalty",
+/// The keys whose value is a word, with the words they take.
+const WORD_KEYS: [(&str, &str); 2] = [
+    ("capacity_basis", "\"committed\" or \"used\""),
+    ("planner", "\"cluster\" or \"reference\""),
 ];
 
 impl PenaltyConfig {
@@ -294,11 +327,13 @@ impl PenaltyConfig {
                 "must be within 0–1 (exclusive)",
             ));
         }
-        if self.iowait_guest_limit.fract() != 0.0 {
-            return Err(ConfigError::invalid(
-                "iowait_guest_limit",
-                "must be a whole number",
-            ));
+        for (key, v) in [
+            ("iowait_guest_limit", self.iowait_guest_limit),
+            ("max_moves", self.max_moves),
+        ] {
+            if v.fract() != 0.0 {
+                return Err(ConfigError::invalid(key, "must be a whole number"));
+            }
         }
         if self.seasonal_baseline.sigma_threshold < 0.0
             || !self.seasonal_baseline.sigma_threshold.is_finite()
@@ -315,48 +350,6 @@ impl PenaltyConfig {
     pub fn active_preset(&self) -> Option<Preset> {
         Preset::ALL.into_iter().find(|p| &p.config() == self)
     }
-
-    fn get_mut(&mut self, key: &str) -> Option<&mut f64> {
-        macro_rules! field {
-            ($($k:ident),*) => { match key { $( stringify!($k) => Some(&mut self.$k), )* _ => None } };
-        }
-        field!(
-            cpu_high_penalty,
-            cpu_very_high_penalty,
-            cpu_extreme_penalty,
-            mem_high_penalty,
-            mem_very_high_penalty,
-            mem_extreme_penalty,
-            cpu_sustained_high,
-            cpu_sustained_very_high,
-            cpu_sustained_critical,
-            mem_sustained_high,
-            mem_sustained_very_high,
-            mem_sustained_critical,
-            iowait_high_penalty,
-            iowait_very_high_penalty,
-            iowait_extreme_penalty,
-            iowait_sustained_elevated,
-            iowait_sustained_high,
-            iowait_sustained_critical,
-            cpu_trend_rising_penalty,
-            mem_trend_rising_penalty,
-            cpu_spike_moderate,
-            cpu_spike_high,
-            cpu_spike_very_high,
-            cpu_spike_extreme,
-            mem_spike_moderate,
-            mem_spike_high,
-            mem_spike_very_high,
-            mem_spike_extreme,
-            predicted_cpu_over_penalty,
-            predicted_cpu_high_penalty,
-            predicted_cpu_extreme_penalty,
-            predicted_mem_over_penalty,
-            predicted_mem_high_penalty,
-            predicted_mem_extreme_penalty
-        )
-    }
 }
 
 fn merge_value(key: &str, current: &Value, new: &Value) -> Result<Value, ConfigError> {
@@ -370,11 +363,9 @@ fn merge_value(key: &str, current: &Value, new: &Value) -> Result<Value, ConfigE
         }
         (Value::Bool(_), Value::Bool(_)) => Ok(new.clone()),
         (Value::String(_), Value::String(s)) => {
-            if key == "capacity_basis" && s != "committed" && s != "used" {
-                return Err(ConfigError::invalid(
-                    key,
-                    "must be \"committed\" or \"used\"",
-                ));
+            let words = word_choices(key);
+            if !words.contains(&format!("\"{s}\"")) {
+                return Err(ConfigError::invalid(key, format!("must be {words}")));
             }
             Ok(new.clone())
         }
@@ -393,11 +384,19 @@ fn merge_value(key: &str, current: &Value, new: &Value) -> Result<Value, ConfigE
         (Value::Bool(_), _) => Err(ConfigError::invalid(key, "must be true or false")),
         (Value::String(_), _) => Err(ConfigError::invalid(
             key,
-            "must be \"committed\" or \"used\"",
+            format!("must be {}", word_choices(key)),
         )),
         (Value::Object(_), _) => Err(ConfigError::invalid(key, "must be an object")),
         _ => Err(ConfigError::invalid(key, "cannot be set")),
     }
+}
+
+/// The words a word-valued key takes, quoted, e.g. `"committed" or "used"`.
+fn word_choices(key: &str) -> &'static str {
+    WORD_KEYS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or("a known word", |(_, words)| words)
 }
 
 /// The three named configurations of the reference (§3.3).
@@ -462,6 +461,13 @@ impl Preset {
         ] = mem;
         c.min_score_improvement = msi;
         [c.weight_current, c.weight_24h, c.weight_7d] = weights;
+        // the cluster planner's price of a move: a conservative plan asks more of each move,
+        // an aggressive one balances further for more migrations
+        [c.move_cost, c.move_cost_per_gib, c.min_move_gain] = match self {
+            Preset::Conservative => [35.0, 3.0, 20.0],
+            Preset::Aggressive => [10.0, 1.0, 0.0],
+            Preset::Balanced => [c.move_cost, c.move_cost_per_gib, c.min_move_gain],
+        };
         c
     }
 }
@@ -529,14 +535,19 @@ impl MigrationSettings {
             ));
         }
         let mem_scale = 1.0 + (scale - 1.0) * 0.5;
-        let mut c = defaults.clone();
-        for (keys, factor) in [(&CPU_AND_IO_KEYS[..], scale), (&MEM_KEYS[..], mem_scale)] {
-            for key in keys {
-                if let Some(slot) = c.get_mut(key) {
-                    *slot = round_int(*slot * factor);
-                }
+        let mut map = defaults.to_map();
+        for (key, scaling) in SCALING {
+            let factor = match scaling {
+                Scaling::Full => scale,
+                Scaling::Half => mem_scale,
+                Scaling::Fixed => continue,
+            };
+            if let Some(v) = map.get(*key).and_then(Value::as_f64) {
+                map.insert((*key).to_owned(), Value::from(round_int(v * factor)));
             }
         }
+        let mut c: PenaltyConfig = serde_json::from_value(Value::Object(map))
+            .map_err(|e| ConfigError::invalid("penalty_config", e.to_string()))?;
         c.min_score_improvement = self.min_score_improvement.unwrap_or(msi);
         c.cluster_convergence_threshold = convergence;
         if let Some(floor) = self.source_mem_migration_floor {
@@ -624,7 +635,7 @@ mod tests {
         assert_eq!(c.mem_overcommit_high_penalty, 40.0);
         assert_eq!(c.capacity_headroom, 0.05);
         assert_eq!(c.capacity_basis, CapacityBasis::Committed);
-        assert_eq!(PenaltyConfig::keys().len(), 54);
+        assert_eq!(PenaltyConfig::keys().len(), 69);
         assert_eq!(c.active_preset(), Some(Preset::Balanced));
     }
 
@@ -701,9 +712,15 @@ mod tests {
             (6.0, 15.0, 40.0)
         );
         assert_eq!(c.min_score_improvement, 25.0);
+        assert_eq!(
+            (c.move_cost, c.move_cost_per_gib, c.min_move_gain),
+            (35.0, 3.0, 20.0)
+        );
         assert_eq!(c.active_preset(), Some(Preset::Conservative));
         let a = Preset::from_name("Aggressive").expect("known");
         assert_eq!(a.config().weight_7d, 0.1);
+        assert_eq!(a.config().min_move_gain, 0.0);
+        assert_eq!(Preset::Balanced.config(), PenaltyConfig::default());
         assert!(Preset::from_name("wild").is_err());
     }
 

@@ -10,11 +10,15 @@
 
 mod config;
 mod error;
+mod gates;
 mod numeric;
 mod options;
 mod plan;
+mod planner;
+mod reference;
 mod report;
 mod score;
+mod set;
 pub mod synthetic;
 mod tags;
 mod trend;
@@ -22,19 +26,23 @@ mod view;
 pub mod window;
 
 pub use config::{
-    CapacityBasis, ConfigError, MigrationSettings, Overrides, PenaltyConfig, Preset,
+    CapacityBasis, ConfigError, MigrationSettings, Overrides, PenaltyConfig, PlannerKind, Preset,
     SeasonalBaseline, Thresholds,
 };
 pub use error::ViewError;
 pub use options::{
     GuestGate, MigrationOptions, SourceOption, TargetOption, UnknownGuest, migration_options,
 };
-pub use plan::{
-    Conflict, CostBenefit, ExecutionPlan, ExecutionStep, MoveDetails, NodeScore, ReasonKind,
-    Recommendation, RecommendationReason, RecommendationSet, Risk, SkipReason, SkippedGuest,
-    Summary, Urgency, plan,
+pub use plan::plan;
+pub use score::{
+    Components, PENALTY_KEYS, PenaltyBreakdown, PenaltyClass, ScoreDetails, ScoreMetrics,
 };
-pub use score::{Components, PENALTY_KEYS, PenaltyBreakdown, ScoreDetails, ScoreMetrics};
+pub use set::{
+    Conflict, CostBenefit, DeferredMove, ExecutionPlan, ExecutionStep, Imbalance, MoveDetails,
+    MoveTerm, NodeFigures, NodePrediction, NodeScore, ObjectiveGain, Prediction, ReasonKind,
+    Recommendation, RecommendationReason, RecommendationSet, Risk, SkipReason, SkippedGuest,
+    Summary, Unresolved, Urgency,
+};
 pub use tags::GuestTags;
 pub use trend::{Confidence, Direction, MetricTrend, TrendAnalysis, TrendSummary};
 pub use view::{

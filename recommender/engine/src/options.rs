@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{Planner, SkipReason};
+use crate::reference::Generator;
 use crate::score::ScoreDetails;
+use crate::set::SkipReason;
 use crate::view::Cluster;
 
 /// The guest asked about is not in the cluster.
@@ -64,7 +65,7 @@ pub fn migration_options(cluster: &Cluster, vmid: u32) -> Result<MigrationOption
         vmid,
         cluster: cluster.name.clone(),
     })?;
-    let planner = Planner::new(cluster);
+    let planner = Generator::new(cluster);
     let selected = planner.iowait_selection();
     let targets = cluster
         .nodes

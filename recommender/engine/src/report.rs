@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 
 use crate::numeric::{mean, round_to};
-use crate::plan::{
-    Conflict, CostBenefit, ExecutionPlan, ExecutionStep, NodeScore, Planner, ReasonKind,
-    Recommendation, Risk, SkippedGuest, Summary, Urgency,
-};
+use crate::reference::Generator;
 use crate::score::Impact;
+use crate::set::{
+    Conflict, CostBenefit, ExecutionPlan, ExecutionStep, NodeScore, ReasonKind, Recommendation,
+    Risk, SkippedGuest, Summary, Urgency,
+};
 use crate::view::{Cluster, GuestKind};
 
 const MIB: f64 = 1_048_576.0;
@@ -19,7 +20,7 @@ const SAFETY_MEM: f64 = 90.0;
 const OUTCOME_NEUTRAL: f64 = 65.0;
 
 /// Fills in the reason text, confidence, risk and cost-benefit of a recommendation.
-pub(crate) fn annotate(r: &mut Recommendation, planner: &Planner<'_>, cluster_health: f64) {
+pub(crate) fn annotate(r: &mut Recommendation, planner: &Generator<'_>, cluster_health: f64) {
     let cluster = planner.cluster;
     let Some(g) = cluster.guest(r.vmid) else {
         return;
@@ -75,6 +76,22 @@ pub(crate) fn annotate(r: &mut Recommendation, planner: &Planner<'_>, cluster_he
         ReasonKind::MemImbalance => format!(
             "balance memory: {} at {:.1}% against {} at {:.1}%",
             r.source_node, src.mem, r.target_node, tgt.metrics.mem
+        ),
+        ReasonKind::AntiAffinity => format!(
+            "separate anti-affinity group {}: move {} from {} to {}",
+            g.tags
+                .exclude
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.name,
+            r.source_node,
+            r.target_node
+        ),
+        ReasonKind::Overcommit => format!(
+            "relieve memory overcommit on {} (ratio {:.2}): move {} ({:.0} GiB configured) to {}",
+            r.source_node, src.overcommit_ratio, r.name, g.mem_max_gb, r.target_node
         ),
     };
     if let (Some(group), Some(leader)) = (&r.affinity_group, r.affinity_leader_vmid) {
@@ -396,6 +413,72 @@ pub(crate) fn execution_plan(recs: &[Recommendation]) -> ExecutionPlan {
     }
 }
 
+/// Orders moves that were decided one after another on a simulated cluster (the cluster
+/// planner's): their order is already safe, so it is kept; a move joins the parallel group
+/// after the last earlier move that touches one of its nodes, so the moves of one group touch
+/// disjoint nodes and may run at once. Guests moving with an affinity leader move in its step.
+pub(crate) fn ordered_plan(recs: &[Recommendation]) -> ExecutionPlan {
+    let mut level_of_node: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut leader_level: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut last_on_node: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut groups: Vec<Vec<u32>> = Vec::new();
+    let mut steps = Vec::with_capacity(recs.len());
+    for r in recs {
+        let (src, tgt) = (r.source_node.as_str(), r.target_node.as_str());
+        let level = match r.affinity_leader_vmid.and_then(|l| leader_level.get(&l)) {
+            Some(&l) => l,
+            None => {
+                let after = level_of_node
+                    .get(src)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(level_of_node.get(tgt).copied().unwrap_or(0));
+                after + 1
+            }
+        };
+        let before: Vec<String> = [src, tgt]
+            .iter()
+            .filter_map(|n| last_on_node.get(n).map(|v| (*n, *v)))
+            .filter(|(_, v)| Some(*v) != r.affinity_leader_vmid)
+            .map(|(n, v)| format!("{v} ({n})"))
+            .collect();
+        leader_level.insert(r.vmid, level);
+        level_of_node.insert(src, level);
+        level_of_node.insert(tgt, level);
+        last_on_node.insert(src, r.vmid);
+        last_on_node.insert(tgt, r.vmid);
+        if groups.len() < level {
+            groups.resize(level, Vec::new());
+        }
+        groups[level - 1].push(r.vmid);
+        steps.push(ExecutionStep {
+            step: steps.len() + 1,
+            parallel_group: level,
+            vmid: r.vmid,
+            name: r.name.clone(),
+            source_node: r.source_node.clone(),
+            target_node: r.target_node.clone(),
+            reason_for_order: if let Some(l) = r.affinity_leader_vmid {
+                format!("with {l} (affinity group)")
+            } else if before.is_empty() {
+                "no dependency".to_owned()
+            } else {
+                format!("after {}", before.join(", "))
+            },
+        });
+    }
+    steps.sort_by_key(|s| (s.parallel_group, s.step));
+    for (i, s) in steps.iter_mut().enumerate() {
+        s.step = i + 1;
+    }
+    ExecutionPlan {
+        total_steps: steps.len(),
+        can_parallelize: groups.iter().any(|g| g.len() > 1),
+        parallel_groups: groups,
+        ordered_recommendations: steps,
+    }
+}
+
 /// Totals of the run.
 pub(crate) fn summary(
     recs: &[Recommendation],
@@ -450,7 +533,7 @@ pub(crate) fn summary(
 }
 
 /// Every node scored as a target for a guest of no size, with nothing pending.
-pub(crate) fn node_scores(planner: &Planner<'_>) -> Vec<NodeScore> {
+pub(crate) fn node_scores(planner: &Generator<'_>) -> Vec<NodeScore> {
     planner
         .nodes
         .iter()
@@ -487,8 +570,8 @@ pub(crate) fn node_scores(planner: &Planner<'_>) -> Vec<NodeScore> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{CostBenefit, MoveDetails, RecommendationReason};
     use crate::score::ScoreDetails;
+    use crate::set::{CostBenefit, MoveDetails, MoveTerm, RecommendationReason};
 
     fn rec(vmid: u32, from: &str, to: &str, improvement: f64) -> Recommendation {
         let details = ScoreDetails {
@@ -538,6 +621,8 @@ mod tests {
             affinity_leader_vmid: None,
             affinity_companions: vec![],
             warnings: vec![],
+            term: MoveTerm::CpuBalance,
+            gain: None,
         }
     }
 

@@ -5,77 +5,108 @@ use serde::{Deserialize, Serialize};
 use crate::config::{PenaltyConfig, Thresholds};
 use crate::numeric::{mean, round_int, trunc};
 use crate::trend::{TrendAnalysis, TrendSummary};
-use crate::view::{CurrentMetrics, Guest, Node};
+use crate::view::{CurrentMetrics, DayAverages, Guest, Node, WeekStats};
 
-/// The penalty keys, in the order score details list them.
-pub const PENALTY_KEYS: [&str; 13] = [
-    "current_cpu",
-    "current_mem",
-    "sustained_cpu",
-    "sustained_mem",
-    "iowait_current",
-    "iowait_sustained",
-    "cpu_trend",
-    "mem_trend",
-    "cpu_spikes",
-    "mem_spikes",
-    "predicted_cpu",
-    "predicted_mem",
-    "mem_overcommit",
-];
-
-/// Penalty points by key; 0 where a penalty does not apply.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct PenaltyBreakdown {
-    pub current_cpu: f64,
-    pub current_mem: f64,
-    pub sustained_cpu: f64,
-    pub sustained_mem: f64,
-    pub iowait_current: f64,
-    pub iowait_sustained: f64,
-    pub cpu_trend: f64,
-    pub mem_trend: f64,
-    pub cpu_spikes: f64,
-    pub mem_spikes: f64,
-    pub predicted_cpu: f64,
-    pub predicted_mem: f64,
-    pub mem_overcommit: f64,
+/// Calls `$callback! { key: Class, ... }` with every penalty key, in the order score details list
+/// them, and the class that decides how it is scaled, capped and explained. This list is the one
+/// declaration of the keys: the breakdown struct, [`PENALTY_KEYS`], and (in the recommender) the
+/// protobuf conversion are generated from it.
+#[macro_export]
+macro_rules! penalty_keys {
+    ($callback:ident) => {
+        $callback! {
+            current_cpu: Cpu,
+            current_mem: Memory,
+            sustained_cpu: Cpu,
+            sustained_mem: Memory,
+            iowait_current: Iowait,
+            iowait_sustained: Iowait,
+            cpu_trend: Cpu,
+            mem_trend: Memory,
+            cpu_spikes: Cpu,
+            mem_spikes: Memory,
+            predicted_cpu: Cpu,
+            predicted_mem: Memory,
+            mem_overcommit: Overcommit,
+        }
+    };
 }
 
-impl PenaltyBreakdown {
-    /// `(key, points)` pairs in [`PENALTY_KEYS`] order.
-    pub fn entries(&self) -> [(&'static str, f64); 13] {
-        [
-            ("current_cpu", self.current_cpu),
-            ("current_mem", self.current_mem),
-            ("sustained_cpu", self.sustained_cpu),
-            ("sustained_mem", self.sustained_mem),
-            ("iowait_current", self.iowait_current),
-            ("iowait_sustained", self.iowait_sustained),
-            ("cpu_trend", self.cpu_trend),
-            ("mem_trend", self.mem_trend),
-            ("cpu_spikes", self.cpu_spikes),
-            ("mem_spikes", self.mem_spikes),
-            ("predicted_cpu", self.predicted_cpu),
-            ("predicted_mem", self.predicted_mem),
-            ("mem_overcommit", self.mem_overcommit),
-        ]
-    }
+/// What a penalty is about. CPU penalties are multiplied by the stability factor (step 7);
+/// memory and overcommit penalties share the memory cap (step 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PenaltyClass {
+    Cpu,
+    Memory,
+    Iowait,
+    Overcommit,
+}
 
+macro_rules! define_breakdown {
+    ($($key:ident : $class:ident),* $(,)?) => {
+        /// How many penalty keys there are.
+        const PENALTY_COUNT: usize = [$(stringify!($key)),*].len();
+
+        /// The penalty keys, in the order score details list them.
+        pub const PENALTY_KEYS: [&str; PENALTY_COUNT] = [$(stringify!($key)),*];
+
+        /// Penalty points by key; 0 where a penalty does not apply.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+        pub struct PenaltyBreakdown {
+            $(pub $key: f64,)*
+        }
+
+        impl PenaltyBreakdown {
+            /// `(key, points)` pairs in [`PENALTY_KEYS`] order.
+            pub fn entries(&self) -> [(&'static str, f64); PENALTY_COUNT] {
+                [$((stringify!($key), self.$key)),*]
+            }
+
+            /// Each key's points with its class, mutable.
+            fn classified_mut(&mut self) -> [(PenaltyClass, &mut f64); PENALTY_COUNT] {
+                [$((PenaltyClass::$class, &mut self.$key)),*]
+            }
+
+            /// Each key's points with its class.
+            pub fn classified(&self) -> [(PenaltyClass, f64); PENALTY_COUNT] {
+                [$((PenaltyClass::$class, self.$key)),*]
+            }
+        }
+    };
+}
+
+penalty_keys!(define_breakdown);
+
+impl PenaltyBreakdown {
     /// Σ of all penalties.
     pub fn total(&self) -> f64 {
         self.entries().iter().map(|(_, v)| v).sum()
     }
 
-    fn mem_terms(&mut self) -> [&mut f64; 6] {
-        [
-            &mut self.current_mem,
-            &mut self.sustained_mem,
-            &mut self.mem_spikes,
-            &mut self.mem_trend,
-            &mut self.predicted_mem,
-            &mut self.mem_overcommit,
-        ]
+    /// Σ of the penalties of one class.
+    pub fn class_total(&self, class: PenaltyClass) -> f64 {
+        self.classified()
+            .iter()
+            .filter(|(c, _)| *c == class)
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// The terms the memory cap applies to: memory and overcommit penalties.
+    fn mem_terms(&mut self) -> impl Iterator<Item = &mut f64> {
+        self.classified_mut()
+            .into_iter()
+            .filter(|(c, _)| matches!(c, PenaltyClass::Memory | PenaltyClass::Overcommit))
+            .map(|(_, v)| v)
+    }
+
+    /// The terms the CPU stability factor multiplies.
+    fn cpu_terms(&mut self) -> impl Iterator<Item = &mut f64> {
+        self.classified_mut()
+            .into_iter()
+            .filter(|(c, _)| *c == PenaltyClass::Cpu)
+            .map(|(_, v)| v)
     }
 }
 
@@ -159,13 +190,20 @@ pub(crate) fn io_impact(guest: &Guest) -> f64 {
     (guest.disk_io_bps() / 1_048_576.0 / 100.0 * 5.0).min(20.0)
 }
 
-/// The part of a node that changes within one run: departures lower its current values and
-/// committed memory; arrivals are counted as pending.
+/// The figures of a node that a plan changes. The reference generator lowers the current values
+/// and committed memory as guests leave and counts arrivals as pending; the cluster planner
+/// shifts every figure (current, 24 h and week) as guests move, with nothing pending.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct NodeLoad {
     pub current: CurrentMetrics,
+    /// 24-hour averages; `None` when the node has no history.
+    pub day: Option<DayAverages>,
+    /// Week averages and maxima.
+    pub week: Option<WeekStats>,
     pub committed_mem_gb: f64,
     pub overcommit_ratio: f64,
+    /// A running guest on the node is tagged `io_exempt` or has a passthrough disk.
+    pub iowait_exempt: bool,
     pub pending: Impact,
     pub pending_mem_max_gb: f64,
 }
@@ -174,10 +212,40 @@ impl NodeLoad {
     pub fn of(node: &Node) -> Self {
         NodeLoad {
             current: node.current,
+            day: node.avg_24h,
+            week: node.week,
             committed_mem_gb: node.committed_mem_gb,
             overcommit_ratio: node.mem_overcommit_ratio,
+            iowait_exempt: node.iowait_exempt,
             pending: Impact::default(),
             pending_mem_max_gb: 0.0,
+        }
+    }
+
+    /// Whether IOWait is not held against this node.
+    pub fn iowait_exempt(&self, cfg: &PenaltyConfig) -> bool {
+        cfg.iowait_exempt_enabled && self.iowait_exempt
+    }
+
+    /// Time-blended CPU and IOWait (§4.1): the current values weighed with the 24 h and week
+    /// averages when the node has history, the current values alone when it has none.
+    pub fn blend(&self, cfg: &PenaltyConfig) -> (f64, f64) {
+        let current = &self.current;
+        match self.day {
+            Some(day) => {
+                let (week_cpu, week_io) = self
+                    .week
+                    .map_or((day.cpu, day.iowait), |w| (w.avg_cpu, w.avg_iowait));
+                (
+                    current.cpu * cfg.weight_current
+                        + day.cpu * cfg.weight_24h
+                        + week_cpu * cfg.weight_7d,
+                    current.iowait * cfg.weight_current
+                        + day.iowait * cfg.weight_24h
+                        + week_io * cfg.weight_7d,
+                )
+            }
+            None => (current.cpu, current.iowait),
         }
     }
 }
@@ -209,37 +277,11 @@ impl<'a> PreparedNode<'a> {
         }
     }
 
-    /// Whether IOWait is not held against this node.
-    pub fn iowait_exempt(&self, cfg: &PenaltyConfig) -> bool {
-        cfg.iowait_exempt_enabled && self.node.iowait_exempt
-    }
-
-    /// Time-blended CPU and IOWait from the given current values (§4.1).
-    pub fn blend(&self, current: &CurrentMetrics, cfg: &PenaltyConfig) -> (f64, f64) {
-        match self.node.avg_24h {
-            Some(day) => {
-                let (week_cpu, week_io) = self
-                    .node
-                    .week
-                    .map_or((day.cpu, day.iowait), |w| (w.avg_cpu, w.avg_iowait));
-                (
-                    current.cpu * cfg.weight_current
-                        + day.cpu * cfg.weight_24h
-                        + week_cpu * cfg.weight_7d,
-                    current.iowait * cfg.weight_current
-                        + day.iowait * cfg.weight_24h
-                        + week_io * cfg.weight_7d,
-                )
-            }
-            None => (current.cpu, current.iowait),
-        }
-    }
-
     /// Node health, 0–100, lower is better (§4.2).
     pub fn health(&self, load: &NodeLoad, cfg: &PenaltyConfig) -> f64 {
-        let (cpu, iowait) = self.blend(&load.current, cfg);
-        let iowait = if self.iowait_exempt(cfg) { 0.0 } else { iowait };
-        let load_avg = self.node.avg_24h.map_or(0.0, |d| d.load);
+        let (cpu, iowait) = load.blend(cfg);
+        let iowait = if load.iowait_exempt(cfg) { 0.0 } else { iowait };
+        let load_avg = load.day.map_or(0.0, |d| d.load);
         let load_pct = load_avg / f64::from(self.node.cpu_cores.max(1)) * 100.0;
         0.40 * cpu
             + 0.15 * load.current.mem
@@ -294,7 +336,6 @@ impl NodeBase {
         pn: &PreparedNode<'_>,
         load: &NodeLoad,
     ) -> Self {
-        let node = pn.node;
         let cur = load.current;
         let mut p = PenaltyBreakdown::default();
 
@@ -325,7 +366,7 @@ impl NodeBase {
         );
 
         // 2. sustained load over the week
-        let week = node.week.filter(|_| cfg.weight_7d > 0.0);
+        let week = load.week.filter(|_| cfg.weight_7d > 0.0);
         if let Some(w) = week {
             p.sustained_cpu = tiered(
                 w.avg_cpu,
@@ -348,7 +389,7 @@ impl NodeBase {
         }
 
         // 3. IOWait, now and over the week
-        if !pn.iowait_exempt(cfg) {
+        if !load.iowait_exempt(cfg) {
             p.iowait_current = tiered(
                 cur.iowait,
                 [30.0, 20.0, 10.0],
@@ -404,17 +445,12 @@ impl NodeBase {
             );
         }
 
-        // 7. (for the node-only CPU terms) the stability factor
-        for v in [
-            &mut p.current_cpu,
-            &mut p.sustained_cpu,
-            &mut p.cpu_trend,
-            &mut p.cpu_spikes,
-        ] {
+        // 7. (for the node-only CPU terms; predicted_cpu is still 0) the stability factor
+        for v in p.cpu_terms() {
             *v = apply_factor(*v, factor);
         }
 
-        let (cpu_blend, iowait_blend) = pn.blend(&cur, cfg);
+        let (cpu_blend, iowait_blend) = load.blend(cfg);
         NodeBase {
             penalties: p,
             factor,
@@ -493,7 +529,7 @@ impl NodeBase {
         };
 
         // 9. cap on the memory penalties
-        let mem_sum: f64 = p.mem_terms().iter().map(|v| **v).sum();
+        let mem_sum: f64 = p.mem_terms().map(|v| *v).sum();
         if cfg.mem_penalty_cap > 0.0 && mem_sum > cfg.mem_penalty_cap {
             let scale = cfg.mem_penalty_cap / mem_sum;
             for v in p.mem_terms() {

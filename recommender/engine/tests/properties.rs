@@ -1,11 +1,13 @@
-//! Properties of generated clusters: permutation invariance, hard gates held across the whole
-//! plan (arrivals and departures counted), no guest twice, the improvement gate.
+//! Properties of generated clusters for both planners: permutation invariance, and, for the
+//! reference generator, hard gates held across the whole plan (arrivals and departures
+//! counted), no guest twice, the improvement gate; structured fuzzing of the input. The cluster
+//! planner's own properties are in `planner.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use proxbalance_engine::synthetic::{Rng, cluster_view};
-use proxbalance_engine::{CapacityBasis, Cluster, ClusterView, GuestTags, plan};
+use proxbalance_engine::{CapacityBasis, Cluster, ClusterView, GuestTags, PlannerKind, plan};
 
 fn shuffled(mut view: ClusterView, seed: u64) -> ClusterView {
     let mut rng = Rng::new(seed);
@@ -25,8 +27,16 @@ fn validated(view: ClusterView) -> Cluster {
         .unwrap_or_else(|e| panic!("generated view refused: {e}"))
 }
 
-/// Replays a plan against the view and checks every hard gate on the final placement.
+/// The cluster, planned by the reference generator.
+fn reference(mut c: Cluster) -> Cluster {
+    c.config.planner = PlannerKind::Reference;
+    c
+}
+
+/// Replays a reference plan against the view and checks every hard gate on the final
+/// placement.
 fn check_gates(c: &Cluster) -> Result<(), TestCaseError> {
+    assert_eq!(c.config.planner, PlannerKind::Reference);
     let set = plan(c, None);
     let mut seen = BTreeSet::new();
     // committed memory per node after every move (running guests leave, every arrival counts)
@@ -134,16 +144,17 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn output_does_not_depend_on_input_order(nodes in 2usize..9, guests in 0usize..60, seed: u64, perm: u64) {
+    fn output_does_not_depend_on_input_order(nodes in 2usize..9, guests in 0usize..60, seed: u64, perm: u64, reference_planner: bool) {
         let view = cluster_view(nodes, guests, seed);
-        let a = plan(&validated(view.clone()), None);
-        let b = plan(&validated(shuffled(view, perm)), None);
+        let prepare = |c: Cluster| if reference_planner { reference(c) } else { c };
+        let a = plan(&prepare(validated(view.clone())), None);
+        let b = plan(&prepare(validated(shuffled(view, perm))), None);
         prop_assert_eq!(serde_json::to_string(&a).expect("json"), serde_json::to_string(&b).expect("json"));
     }
 
     #[test]
     fn plans_never_break_a_hard_gate(nodes in 2usize..10, guests in 0usize..80, seed: u64) {
-        check_gates(&validated(cluster_view(nodes, guests, seed)))?;
+        check_gates(&reference(validated(cluster_view(nodes, guests, seed))))?;
     }
 
     #[test]
@@ -155,12 +166,13 @@ proptest! {
         used_basis: bool,
         aggressive: bool,
     ) {
-        let mut c = validated(cluster_view(nodes, guests, seed));
+        let mut c = reference(validated(cluster_view(nodes, guests, seed)));
         let mut o = proxbalance_engine::Overrides::default();
         if aggressive {
             o.preset = Some(proxbalance_engine::Preset::Aggressive);
         }
         o.penalties.insert("min_score_improvement".into(), msi.into());
+        o.penalties.insert("planner".into(), "reference".into());
         if used_basis {
             o.penalties.insert("capacity_basis".into(), "used".into());
         }
@@ -262,8 +274,8 @@ proptest! {
 }
 
 #[test]
-fn limit_truncates_after_sorting() {
-    let c = validated(cluster_view(16, 300, 7));
+fn reference_limit_truncates_after_sorting() {
+    let c = reference(validated(cluster_view(16, 300, 7)));
     let full = plan(&c, None);
     assert!(
         full.recommendations.len() > 3,

@@ -1,5 +1,6 @@
 //! The seed's four verification scenarios (ENGINE.md §5) and the reference §5.7 cluster,
-//! through the public API.
+//! through the public API, planned by the reference generator (`planner = "reference"`). The
+//! cluster planner's behaviour on the same scenarios is in `planner.rs`.
 
 mod common;
 
@@ -33,7 +34,7 @@ fn committed_memory_gate_refuses_a_full_node() {
             guest(3, "roomy", 5.0, 2, 20.0, 20.0),
         ],
     );
-    let c = cluster(&v);
+    let c = reference(&v);
     let full = &c.nodes[c.node_index("full").expect("full")];
     assert!((full.committed_mem_gb - 57.6).abs() < 1e-9);
     assert_eq!(full.mem_overcommit_ratio, 0.9);
@@ -165,7 +166,7 @@ fn iowait_triggers_only_when_sustained() {
             io(guest(22, "spike-io", 10.0, 2, 4.0, 8.0), 100.0),
         ],
     );
-    let set = plan(&cluster(&v), None);
+    let set = plan(&reference(&v), None);
     assert_eq!(set.summary.iowait_stressed_nodes, ["hot-io"]);
     let relief: Vec<u32> = set
         .recommendations
@@ -230,7 +231,7 @@ fn reference_end_to_end_cluster() {
             guest(301, "pve3", 10.0, 2, 4.0, 4.0),
         ],
     );
-    let set = plan(&cluster(&v), None);
+    let set = plan(&reference(&v), None);
     let moves: Vec<_> = set
         .recommendations
         .iter()
@@ -286,7 +287,7 @@ fn maintenance_evacuates_everything_movable_first() {
         "maintenance_nodes",
         json!(["m"]),
     );
-    let set = plan(&cluster(&v), None);
+    let set = plan(&reference(&v), None);
     let mut moved: Vec<u32> = set.recommendations.iter().map(|r| r.vmid).collect();
     moved.sort();
     assert_eq!(moved, [1, 3, 4]);
@@ -325,7 +326,7 @@ fn a_calm_cluster_converges() {
         ],
         vec![guest(1, "a", 5.0, 2, 2.0, 4.0)],
     );
-    let set = plan(&cluster(&v), None);
+    let set = plan(&reference(&v), None);
     assert!(set.recommendations.is_empty() && set.skipped.is_empty());
     assert!(
         set.summary
@@ -356,7 +357,7 @@ fn affinity_companions_follow_their_leader_through_the_gates() {
             ),
         ],
     );
-    let set = plan(&cluster(&v), None);
+    let set = plan(&reference(&v), None);
     let leader = set
         .recommendations
         .iter()

@@ -176,9 +176,27 @@ pub fn render_plan(set: &RecommendationSet) -> String {
             s.maintenance_nodes.join(", ")
         ));
     }
+    let (b, a) = (
+        &set.prediction.imbalance_before,
+        &set.prediction.imbalance_after,
+    );
+    out.push_str(&format!(
+        "Planner {}: memory spread {:.1} -> {:.1} points, CPU spread {:.1} -> {:.1}, normalised CV {:.3} -> {:.3}, objective {:.1} -> {:.1}\n",
+        set.planner.as_str(),
+        b.mem_spread,
+        a.mem_spread,
+        b.cpu_spread,
+        a.cpu_spread,
+        b.normalized_cv,
+        a.normalized_cv,
+        set.prediction.objective_before,
+        set.prediction.objective_after
+    ));
 
+    // GAIN: the objective's fall net of the move's cost (cluster planner), or the score
+    // improvement (reference generator)
     let mut t = Table::new([
-        "VMID", "NAME", "TYPE", "FROM", "TO", "GAIN", "CONF", "RISK", "REASON",
+        "VMID", "NAME", "TYPE", "FROM", "TO", "TERM", "GAIN", "CONF", "RISK", "REASON",
     ]);
     for r in &set.recommendations {
         let mut reason = r.reason.kind.describe().to_owned();
@@ -191,13 +209,21 @@ pub fn render_plan(set: &RecommendationSet) -> String {
         if r.has_conflict {
             reason.push_str(" [conflict]");
         }
+        let gain = match (&r.gain, r.affinity_leader_vmid) {
+            (Some(g), _) => fmt2(g.total - g.cost),
+            (None, Some(_)) if set.planner == proxbalance_engine::PlannerKind::Cluster => {
+                "(group)".to_owned()
+            }
+            (None, _) => fmt2(r.score_improvement),
+        };
         t.row(vec![
             r.vmid.to_string(),
             r.name.clone(),
             r.kind.as_str().to_owned(),
             r.source_node.clone(),
             r.target_node.clone(),
-            fmt2(r.score_improvement),
+            r.term.as_str().to_owned(),
+            gain,
             format!("{:.1}", r.confidence),
             format!("{:.1} {}", r.risk.score, r.risk.level),
             reason,
@@ -208,6 +234,46 @@ pub fn render_plan(set: &RecommendationSet) -> String {
         out.push_str("No migrations recommended.\n");
     } else {
         out.push_str(&t.render());
+    }
+
+    if !set.deferred.is_empty() {
+        let mut t = Table::new([
+            "VMID", "NAME", "FROM", "TO", "TERM", "GiB", "GAIN", "DEFERRED",
+        ]);
+        for d in &set.deferred {
+            t.row(vec![
+                d.vmid.to_string(),
+                d.name.clone(),
+                d.source_node.clone(),
+                d.target_node.clone(),
+                d.term.as_str().to_owned(),
+                format!("{:.0}", d.mem_gb),
+                fmt2(d.gain),
+                d.reason.clone(),
+            ]);
+        }
+        out.push_str("\nDeferred to a later plan:\n");
+        out.push_str(&t.render());
+    }
+    for u in &set.unresolved {
+        let group = u
+            .group
+            .as_deref()
+            .map(|g| format!(" {g}"))
+            .unwrap_or_default();
+        let vmids: Vec<String> = u.vmids.iter().map(u32::to_string).collect();
+        out.push_str(&format!(
+            "\nUnresolved {}{} on {}{}: {}\n",
+            u.rule,
+            group,
+            u.node,
+            if vmids.is_empty() {
+                String::new()
+            } else {
+                format!(" (guests {})", vmids.join(", "))
+            },
+            u.detail
+        ));
     }
 
     if !set.skipped.is_empty() {
@@ -249,13 +315,28 @@ pub fn render_plan(set: &RecommendationSet) -> String {
         out.push_str(&t.render());
     }
 
+    // per node: before -> after as the plan predicts it
+    let predicted: std::collections::BTreeMap<&str, &proxbalance_engine::NodePrediction> = set
+        .prediction
+        .nodes
+        .iter()
+        .map(|p| (p.node.as_str(), p))
+        .collect();
+    let change = |before: f64, after: f64| {
+        if (before - after).abs() < 0.05 {
+            format!("{before:.1}")
+        } else {
+            format!("{before:.1} -> {after:.1}")
+        }
+    };
     let mut t = Table::new([
         "NODE",
         "STATUS",
+        "CPU %",
+        "MEM %",
+        "COMMITTED %",
+        "IOWAIT %",
         "SCORE",
-        "HEALTH",
-        "COMMITTED GiB",
-        "OVERCOMMIT",
         "NOTES",
     ]);
     for n in &set.node_scores {
@@ -275,17 +356,23 @@ pub fn render_plan(set: &RecommendationSet) -> String {
         if n.cpu_stability_factor != 1.0 {
             notes.push(format!("CPU stability ×{}", n.cpu_stability_factor));
         }
+        let figures = |f: fn(&proxbalance_engine::NodeFigures) -> f64| {
+            predicted
+                .get(n.node.as_str())
+                .map_or("-".to_owned(), |p| change(f(&p.before), f(&p.after)))
+        };
         t.row(vec![
             n.node.clone(),
             n.status.as_str().to_owned(),
-            fmt2(n.score),
-            fmt2(n.health),
-            fmt2(n.committed_mem_gb),
-            fmt2(n.mem_overcommit_ratio),
+            figures(|f| f.cpu),
+            figures(|f| f.mem),
+            figures(|f| f.committed_pct),
+            figures(|f| f.iowait),
+            figures(|f| f.score),
             notes.join(", "),
         ]);
     }
-    out.push_str("\nNodes:\n");
+    out.push_str("\nNodes (before -> after the plan):\n");
     out.push_str(&t.render());
     out
 }

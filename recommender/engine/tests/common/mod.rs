@@ -81,3 +81,10 @@ pub fn view_json(nodes: Vec<Value>, guests: Vec<Value>) -> Value {
 pub fn cluster(v: &Value) -> Cluster {
     Cluster::from_json(&v.to_string()).unwrap_or_else(|e| panic!("invalid test view: {e}"))
 }
+
+/// The view planned by the reference generator (`planner = "reference"`).
+pub fn reference(v: &Value) -> Cluster {
+    let mut v = v.clone();
+    v["penalty_config"]["planner"] = json!("reference");
+    cluster(&v)
+}

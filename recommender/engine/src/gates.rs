@@ -1,0 +1,187 @@
+//! The hard gates, as ordered tables: the guest gates that keep a guest where it is, and the
+//! target gates that refuse a node as a destination. Both planners and the migration options
+//! read these tables, so a gate is declared once, with the reason it reports and the place in
+//! the order that decides which reason a guest or target gets when several apply.
+
+use crate::set::SkipReason;
+use crate::view::Guest;
+
+/// A reason a guest stays where it is, whatever the scores say.
+pub(crate) struct GuestGate {
+    pub reason: SkipReason,
+    /// A guest on a node in maintenance is moved anyway.
+    pub maintenance_bypasses: bool,
+    /// The detail to report when the gate applies to the guest.
+    applies: fn(&Guest) -> Option<String>,
+}
+
+/// The guest gates in the order they are checked; the first that applies is reported.
+pub(crate) const GUEST_GATES: [GuestGate; 8] = [
+    // The operator's explicit word comes before anything inferred from the guest.
+    GuestGate {
+        reason: SkipReason::HasIgnoreTag,
+        maintenance_bypasses: true,
+        applies: |g| g.tags.ignore.then(|| "tagged ignore".to_owned()),
+    },
+    // Proxmox HA decides where its resources run; moving them behind its back fights it.
+    GuestGate {
+        reason: SkipReason::HaManaged,
+        maintenance_bypasses: true,
+        applies: |g| {
+            g.ha_managed
+                .then(|| "managed by Proxmox HA, which decides where it runs".to_owned())
+        },
+    },
+    // Templates and locked guests cannot be migrated at all, maintenance or not, so they are
+    // reported as such before the softer reasons below.
+    GuestGate {
+        reason: SkipReason::Template,
+        maintenance_bypasses: false,
+        applies: |g| {
+            g.template
+                .then(|| "a template, not a running guest".to_owned())
+        },
+    },
+    GuestGate {
+        reason: SkipReason::Locked,
+        maintenance_bypasses: false,
+        applies: |g| g.lock.as_ref().map(|lock| format!("locked ({lock})")),
+    },
+    // A stopped guest has no load to balance; off a maintenance node it still has to go.
+    GuestGate {
+        reason: SkipReason::Stopped,
+        maintenance_bypasses: true,
+        applies: |g| (!g.is_running()).then(|| format!("status {}", g.status)),
+    },
+    // Until the configuration is read, a passthrough disk may be hiding: treat it as one.
+    GuestGate {
+        reason: SkipReason::ConfigUnknown,
+        maintenance_bypasses: false,
+        applies: |g| {
+            (!g.config_known).then(|| {
+                "configuration not read yet: passthrough disks and bind mounts are unknown"
+                    .to_owned()
+            })
+        },
+    },
+    // A passthrough device exists on this host only: not even maintenance can move the guest.
+    GuestGate {
+        reason: SkipReason::PassthroughDisk,
+        maintenance_bypasses: false,
+        applies: |g| {
+            g.passthrough
+                .then(|| "has a passthrough disk pinning it to its node".to_owned())
+        },
+    },
+    // A bind mount of a host path may exist elsewhere; only maintenance takes that risk (and
+    // the move carries a warning).
+    GuestGate {
+        reason: SkipReason::UnsharedBindMount,
+        maintenance_bypasses: true,
+        applies: |g| {
+            g.unshared_bind_mount
+                .then(|| "has a bind mount of a host path that is not shared".to_owned())
+        },
+    },
+];
+
+/// The first guest gate that keeps `g` where it is, with its detail. `on_maintenance`: the
+/// guest's node is in maintenance, which lets the gates that allow it pass.
+pub(crate) fn guest_gate(g: &Guest, on_maintenance: bool) -> Option<(SkipReason, String)> {
+    GUEST_GATES
+        .iter()
+        .filter(|gate| !(on_maintenance && gate.maintenance_bypasses))
+        .find_map(|gate| (gate.applies)(g).map(|detail| (gate.reason, detail)))
+}
+
+/// Why a node was refused as a target before scoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TargetGate {
+    AntiAffinity,
+    MemoryCapacity,
+    Storage,
+    IowaitStressed,
+    EmptiesSource,
+}
+
+impl TargetGate {
+    /// The reason as reported, e.g. `pve2: insufficient memory capacity`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetGate::AntiAffinity => "anti-affinity conflict",
+            TargetGate::MemoryCapacity => "insufficient memory capacity",
+            TargetGate::Storage => "storage incompatible",
+            TargetGate::IowaitStressed => "target under IOWait stress",
+            TargetGate::EmptiesSource => "would leave its source without running guests",
+        }
+    }
+}
+
+/// The seed's target gates (ENGINE.md §4.3), in the order they are checked and reported.
+pub(crate) const SEED_TARGET_GATES: [TargetGate; 3] = [
+    // A rule the operator wrote is reported before a fact about capacity.
+    TargetGate::AntiAffinity,
+    // Memory that is not there cannot be planned around; storage only matters once it fits.
+    TargetGate::MemoryCapacity,
+    TargetGate::Storage,
+];
+
+/// The cluster planner's target gates: the seed's, then the two it adds because it plans the
+/// whole cluster rather than one guest at a time.
+pub(crate) const PLANNER_TARGET_GATES: [TargetGate; 5] = [
+    TargetGate::AntiAffinity,
+    TargetGate::MemoryCapacity,
+    TargetGate::Storage,
+    // Moving load onto a node that is already IOWait-stressed feeds the problem the IOWait
+    // trigger exists to relieve.
+    TargetGate::IowaitStressed,
+    // A balancing move never leaves a node (outside maintenance) without running guests: that
+    // is an evacuation, which only the operator asks for. Mandatory moves skip this gate.
+    TargetGate::EmptiesSource,
+];
+
+/// What a planner's state answers about a node, for the target gates. `D` is what the moving
+/// guest (or group of guests) needs, in the planner's own representation.
+pub(crate) trait TargetState<D: ?Sized> {
+    /// A guest on the node (or pending to it) shares an anti-affinity group with the demand.
+    fn anti_affinity_conflict(&self, demand: &D, node: usize) -> bool;
+    /// The node cannot hold the demand's memory within the capacity headroom.
+    fn lacks_memory(&self, demand: &D, node: usize) -> bool;
+    /// Some storage the demand uses is missing or inactive on the node.
+    fn lacks_storage(&self, demand: &D, node: usize) -> bool;
+    /// The node is IOWait-stressed (ENGINE.md §4.2).
+    fn iowait_stressed(&self, node: usize) -> bool;
+    /// Moving the demand off its node would leave that node without running guests.
+    fn empties_source(&self, demand: &D) -> bool;
+}
+
+impl TargetGate {
+    /// Whether this gate refuses `node` for `demand`.
+    pub fn refuses<D: ?Sized, S: TargetState<D> + ?Sized>(
+        self,
+        state: &S,
+        demand: &D,
+        node: usize,
+    ) -> bool {
+        match self {
+            TargetGate::AntiAffinity => state.anti_affinity_conflict(demand, node),
+            TargetGate::MemoryCapacity => state.lacks_memory(demand, node),
+            TargetGate::Storage => state.lacks_storage(demand, node),
+            TargetGate::IowaitStressed => state.iowait_stressed(node),
+            TargetGate::EmptiesSource => state.empties_source(demand),
+        }
+    }
+}
+
+/// The first gate of `gates` that refuses `node` for `demand`.
+pub(crate) fn first_refusal<D: ?Sized, S: TargetState<D> + ?Sized>(
+    gates: &[TargetGate],
+    state: &S,
+    demand: &D,
+    node: usize,
+) -> Option<TargetGate> {
+    gates
+        .iter()
+        .copied()
+        .find(|gate| gate.refuses(state, demand, node))
+}
