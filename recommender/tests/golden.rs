@@ -1,6 +1,6 @@
 //! The golden cases of `engine/tests/golden/` through `proxbalance options --format json`: every
 //! target's score, penalties, stability factor, components and gate, as the reference model
-//! computes them with the ENGINE.md rules.
+//! computes them with the rules of docs/engine.md.
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,4 +1,4 @@
-//! The penalty configuration (ENGINE.md §2): defaults, presets, the simplified settings mapping
+//! The penalty configuration (docs/engine.md §2): defaults, presets, the simplified settings mapping
 //! and per-request overrides by key.
 
 use std::collections::BTreeMap;
@@ -79,7 +79,7 @@ impl Thresholds {
     }
 }
 
-/// Which memory the hard capacity gate counts (ENGINE.md §4.3).
+/// Which memory the hard capacity gate counts (docs/engine.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CapacityBasis {
@@ -90,7 +90,7 @@ pub enum CapacityBasis {
 }
 
 /// The seasonal baseline of the reference. Kept so configurations written for it load; the
-/// engine does not apply it (ENGINE.md §4.4 puts it out of scope).
+/// engine does not apply it (the rules leave it out).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SeasonalBaseline {
@@ -119,7 +119,7 @@ impl PlannerKind {
     }
 }
 
-/// How the sensitivity of the simplified settings scales a key (reference §3.4).
+/// How the sensitivity of the simplified settings scales a key (docs/engine.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scaling {
     /// CPU and IOWait penalties: × the sensitivity's scale.
@@ -472,7 +472,7 @@ impl Preset {
     }
 }
 
-/// The simplified settings an operator sets instead of 50 keys (reference §3.4).
+/// The simplified settings an operator sets instead of 50 keys (docs/engine.md §2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MigrationSettings {

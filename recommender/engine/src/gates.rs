@@ -117,7 +117,7 @@ impl TargetGate {
     }
 }
 
-/// The seed's target gates (ENGINE.md §4.3), in the order they are checked and reported.
+/// The seed's target gates (docs/engine.md §5), in the order they are checked and reported.
 pub(crate) const SEED_TARGET_GATES: [TargetGate; 3] = [
     // A rule the operator wrote is reported before a fact about capacity.
     TargetGate::AntiAffinity,
@@ -149,7 +149,7 @@ pub(crate) trait TargetState<D: ?Sized> {
     fn lacks_memory(&self, demand: &D, node: usize) -> bool;
     /// Some storage the demand uses is missing or inactive on the node.
     fn lacks_storage(&self, demand: &D, node: usize) -> bool;
-    /// The node is IOWait-stressed (ENGINE.md §4.2).
+    /// The node is IOWait-stressed (docs/engine.md §5).
     fn iowait_stressed(&self, node: usize) -> bool;
     /// Moving the demand off its node would leave that node without running guests.
     fn empties_source(&self, demand: &D) -> bool;

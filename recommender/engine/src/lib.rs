@@ -1,7 +1,7 @@
 //! The proxbalance scoring and recommendation engine.
 //!
 //! This crate is pure: it does no I/O, reads no clock and draws no random numbers. Its input is a
-//! [`ClusterView`] (one cluster at one instant, see `ENGINE.md` §1) and its output is a
+//! [`ClusterView`] (one cluster at one instant, see docs/engine.md §1) and its output is a
 //! [`RecommendationSet`] or a [`MigrationOptions`] answer. The same input always yields the same
 //! output, whatever the order of nodes and guests in it.
 //!

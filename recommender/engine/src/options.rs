@@ -1,4 +1,4 @@
-//! Migration options for one guest: every node's score and gate (ENGINE.md §4.1, §4.3).
+//! Migration options for one guest: every node's score and gate (docs/engine.md §4, §5).
 
 use serde::{Deserialize, Serialize};
 

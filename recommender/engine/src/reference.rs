@@ -1,5 +1,5 @@
 //! The reference generator (`planner = "reference"`): ProxBalance's per-guest generation with
-//! the seed's changes (ENGINE.md §4.4). Each guest is judged in a fixed order against a cluster
+//! the seed's changes (docs/engine.md §6). Each guest is judged in a fixed order against a cluster
 //! that counts the moves already recommended as pending arrivals and departures.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -385,7 +385,7 @@ impl TargetState<GuestDemand<'_>> for Generator<'_> {
     }
 }
 
-/// Computes the reference generator's recommendation set (ENGINE.md §4.4). `limit` caps the
+/// Computes the reference generator's recommendation set (docs/engine.md §6). `limit` caps the
 /// number of recommendations returned (after sorting).
 pub(crate) fn generate(cluster: &Cluster, limit: Option<usize>) -> RecommendationSet {
     let mut planner = Generator::new(cluster);
@@ -651,7 +651,7 @@ pub(crate) fn new_recommendation(
     }
 }
 
-/// Affinity companions (reference §5.3, ENGINE.md §4.4 rule 7): the members of a group follow
+/// Affinity companions (ProxBalance, docs/engine.md §6): the members of a group follow
 /// the recommended member with the largest improvement, through the same gates as any move.
 fn add_affinity_companions<'a>(
     planner: &mut Generator<'a>,

@@ -1,5 +1,5 @@
 //! What is said about a recommendation set: reasons, confidence, risk, cost-benefit,
-//! conflicts, the execution plan, the summary and per-node scores (reference §4.7, §5.1–5.5).
+//! conflicts, the execution plan, the summary and per-node scores (docs/engine.md §7).
 
 use std::collections::BTreeMap;
 
@@ -13,7 +13,7 @@ use crate::set::{
 use crate::view::{Cluster, GuestKind};
 
 const MIB: f64 = 1_048_576.0;
-/// The per-node limits a batch of arrivals must stay under (reference §5.4).
+/// The per-node limits a batch of arrivals must stay under (docs/engine.md §7).
 const SAFETY_CPU: f64 = 85.0;
 const SAFETY_MEM: f64 = 90.0;
 /// Confidence takes the outcome history at this neutral value: no outcomes are recorded.

@@ -1,4 +1,4 @@
-//! Node metrics and the target score (reference §4.1–4.4 with the seed's phases 2 and 3).
+//! Node metrics and the target score (docs/engine.md §3–4).
 
 use serde::{Deserialize, Serialize};
 
@@ -463,7 +463,7 @@ impl NodeBase {
         }
     }
 
-    /// `score(node, guest, pending, adding)` (ENGINE.md §4.1) from this base. With `adding` the
+    /// `score(node, guest, pending, adding)` (docs/engine.md §4) from this base. With `adding` the
     /// guest and every pending arrival are added to the node; without, the guest is taken off it
     /// and pending is ignored. `impact` is the guest's impact measured against this node.
     pub fn score(

@@ -106,7 +106,7 @@ pub struct RecommendationReason {
     pub factors: Vec<String>,
 }
 
-/// How risky a move is (reference §4.7): 0–100 and a level.
+/// How risky a move is (docs/engine.md §7): 0–100 and a level.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Risk {
     pub score: f64,
@@ -115,7 +115,7 @@ pub struct Risk {
     pub factors: Vec<String>,
 }
 
-/// Whether a move is worth what it costs (reference §5.1).
+/// Whether a move is worth what it costs (docs/engine.md §7).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CostBenefit {
     pub benefit: f64,
@@ -300,7 +300,7 @@ pub enum MoveTerm {
     Maintenance,
     /// Separating two guests of one anti-affinity group.
     AntiAffinity,
-    /// Moving disk I/O off an IOWait-stressed node (ENGINE.md §4.2).
+    /// Moving disk I/O off an IOWait-stressed node (docs/engine.md §5).
     IowaitRelief,
     /// Memory imbalance and memory penalties.
     MemoryBalance,

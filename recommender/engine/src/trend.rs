@@ -1,4 +1,4 @@
-//! Trend and stability of a node's history (reference §4.5).
+//! Trend and stability of a node's history (docs/engine.md §3).
 
 use serde::{Deserialize, Serialize};
 

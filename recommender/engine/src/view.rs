@@ -13,7 +13,7 @@ use crate::tags::GuestTags;
 /// The value of the `format` field of every cluster view.
 pub const VIEW_FORMAT: &str = "proxbalance.cluster-view.v1";
 
-/// One cluster at one instant, as exchanged in JSON (ENGINE.md §1).
+/// One cluster at one instant, as exchanged in JSON (docs/engine.md §1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterView {

@@ -28,7 +28,7 @@ fn moves(set: &RecommendationSet) -> Vec<(u32, &str)> {
         .collect()
 }
 
-/// IOWait-stressed as ENGINE.md §4.2 defines it, from the view alone.
+/// IOWait-stressed as docs/engine.md §5 defines it, from the view alone.
 fn stressed(c: &Cluster) -> Vec<bool> {
     c.nodes
         .iter()
@@ -375,7 +375,7 @@ proptest! {
     }
 }
 
-// --- the seed's scenarios (ENGINE.md §5) with the cluster planner
+// --- the seed's scenarios (docs/engine.md) with the cluster planner
 
 /// Seed scenario 1: a node at 90 % committed and 60 % used is refused; the guest goes to the
 /// roomy node.

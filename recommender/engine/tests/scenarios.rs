@@ -1,4 +1,4 @@
-//! The seed's four verification scenarios (ENGINE.md §5) and the reference §5.7 cluster,
+//! The seed's four verification scenarios (docs/engine.md) and ProxBalance's end-to-end example,
 //! through the public API, planned by the reference generator (`planner = "reference"`). The
 //! cluster planner's behaviour on the same scenarios is in `planner.rs`.
 
@@ -196,12 +196,12 @@ fn iowait_triggers_only_when_sustained() {
     );
 }
 
-/// The reference §5.7 cluster (nodes set up as in §4.8): two moves and three skips.
+/// ProxBalance's end-to-end example (nodes set up as in its own tests): two moves and three skips.
 ///
 /// g102 → pve3 reproduces the reference exactly (improvement 142.93, target 34.48, confidence
 /// 84.1, risk 13.2): it has the higher source score, so our deterministic order evaluates it
 /// first, as the reference's dict order happens to. g101 → pve2 keeps the reference's target
-/// score 61.18, but its improvement is lower than the reference's 80.9 because ENGINE.md §4.4
+/// score 61.18, but its improvement is lower than the reference's 80.9 because docs/engine.md §6
 /// rule 6 counts g102's departure: pve1 is then at 68 % CPU and 59.5 % memory.
 #[test]
 fn reference_end_to_end_cluster() {

@@ -47,7 +47,7 @@ fn cv(v: &[f64]) -> f64 {
     var.sqrt() / m.abs()
 }
 
-/// The reference stability mapping (proxbalance-behaviour.md §4.5).
+/// The reference stability mapping (docs/engine.md §3).
 fn stability(cv: f64) -> f64 {
     let s = if cv <= 0.10 {
         (100 - (100.0 * cv) as i64).max(90)

@@ -38,7 +38,7 @@ use objective::{Weights, objective};
 use search::{Search, Step};
 use sim::{Contribution, Sim};
 
-/// Plans `cluster` (ENGINE.md §1–4.3 and §4.5 with this module's search). `limit`, when given,
+/// Plans `cluster` (docs/engine.md §1–5 and §7 with this module's search). `limit`, when given,
 /// caps the plan's moves like `max_moves` does.
 pub(crate) fn plan(cluster: &Cluster, limit: Option<usize>) -> RecommendationSet {
     let cfg = &cluster.config;

@@ -432,7 +432,7 @@ impl<'a> Search<'a> {
         }
     }
 
-    /// Phase 3: IOWait relief by the seed's selection (ENGINE.md §4.2): off each stressed node,
+    /// Phase 3: IOWait relief by the seed's selection (docs/engine.md §5): off each stressed node,
     /// its running guests by disk I/O, largest first, never one without disk I/O, only until
     /// the node's IOWait is down by what the trigger needs (`current − (threshold − 5)`) or
     /// `iowait_guest_limit` guests have gone. Each goes to the target that gains most.

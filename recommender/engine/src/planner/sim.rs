@@ -14,7 +14,7 @@
 //!   proportion to their disk I/O. A guest leaving takes its share with it: the source's IOWait
 //!   (current, 24 h and week) is multiplied by `1 − io_guest / io_node`. A guest arriving adds
 //!   the seed's prediction of what its I/O costs a node, 5 points per 100 MiB/s, at most 20 per
-//!   guest (ENGINE.md §4.2), to the same three figures. The two sides differ on purpose: the
+//!   guest (docs/engine.md §5), to the same three figures. The two sides differ on purpose: the
 //!   source's share is measured, the target's cost is predicted, and the prediction is the one
 //!   the scores already use.
 //! - A guest tagged `io_exempt` takes the node's IOWait exemption with it.
@@ -44,7 +44,7 @@ pub(crate) struct Contribution {
     pub mem_max_gb: f64,
     /// Disk read + write, bytes per second.
     pub io_bps: f64,
-    /// IOWait points the guests are predicted to add to a node (ENGINE.md §4.2).
+    /// IOWait points the guests are predicted to add to a node (docs/engine.md §5).
     pub io_points: f64,
     /// Running guests tagged `io_exempt` or with a passthrough disk.
     pub exempt: u32,
@@ -339,7 +339,7 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// IOWait-stressed (ENGINE.md §4.2) as the node stands now.
+    /// IOWait-stressed (docs/engine.md §5) as the node stands now.
     pub fn is_stressed(&self, ni: usize) -> bool {
         let node = &self.cluster.nodes[ni];
         let load = &self.nodes[ni].load;

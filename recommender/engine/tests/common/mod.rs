@@ -24,7 +24,7 @@ pub fn steady_history(mut n: Value, iowait_24h: f64) -> Value {
     n
 }
 
-/// The reference §4.8 set-up: 24 h and week averages equal to the current values, week maxima
+/// ProxBalance's own test set-up: 24 h and week averages equal to the current values, week maxima
 /// 10 points (CPU) and 5 points (memory) above.
 pub fn reference_history(mut n: Value) -> Value {
     let c = n["current"].clone();
