@@ -916,6 +916,46 @@ mod tests {
     }
 
     #[test]
+    fn both_planners_and_the_basic_view_keep_the_plan_s_prediction() {
+        let mut cluster = cluster_view(16, 600, 7).validate().unwrap();
+        cluster.config.max_moves = 3.0;
+        let set = engine::plan(&cluster, None);
+        assert!(!set.deferred.is_empty() && set.recommendations.len() == 3);
+        assert!(set.recommendations.iter().any(|r| r.gain.is_some()));
+        let full = set_to_proto(&set);
+        assert_eq!(set_from_proto(&full).unwrap(), set);
+        let basic = basic_view(&full);
+        assert_eq!(basic.prediction, full.prediction);
+        assert_eq!(basic.deferred, full.deferred);
+        assert_eq!(basic.unresolved, full.unresolved);
+        assert_eq!(basic.planner, "cluster");
+        assert!(
+            basic
+                .recommendations
+                .iter()
+                .all(|r| r.score_details.is_none())
+        );
+        assert_eq!(
+            basic
+                .recommendations
+                .iter()
+                .map(|r| r.gain)
+                .collect::<Vec<_>>(),
+            full.recommendations
+                .iter()
+                .map(|r| r.gain)
+                .collect::<Vec<_>>()
+        );
+        cluster.config.planner = engine::PlannerKind::Reference;
+        let reference = engine::plan(&cluster, None);
+        assert_eq!(
+            set_from_proto(&set_to_proto(&reference)).unwrap(),
+            reference
+        );
+        assert_eq!(set_to_proto(&reference).planner, "reference");
+    }
+
+    #[test]
     fn migration_options_round_trip_exactly() {
         let cluster = cluster_view(8, 200, 5).validate().unwrap();
         for g in cluster.guests.iter().take(20) {

@@ -675,6 +675,44 @@ async fn demo_scenarios_yield_the_expected_recommendations_and_events() {
             .iter()
             .any(|r| r.reason.kind == ReasonKind::MaintenanceEvacuation)
     );
+    // the plan's limit is an override like any key: one move, the rest deferred with its gain;
+    // the set carries every node before and after the plan
+    let evacuation = fresh.recommendations.len();
+    let limited = rec
+        .client
+        .clone()
+        .get_recommendations(pb::GetRecommendationsRequest {
+            cluster: "demo".into(),
+            overrides: Some(pb::Overrides {
+                maintenance_nodes: vec!["pve5".into()],
+                penalties: [("max_moves".to_owned(), "1".to_owned())].into(),
+                ..Default::default()
+            }),
+            limit: 0,
+            view: pb::SetView::Basic.into(),
+        })
+        .await
+        .expect("with a move limit")
+        .into_inner();
+    let limited = limited.set.expect("set");
+    assert_eq!(limited.planner, "cluster");
+    assert_eq!(limited.recommendations.len(), 1);
+    assert_eq!(limited.deferred.len(), evacuation - 1);
+    assert!(
+        limited
+            .deferred
+            .iter()
+            .all(|d| d.reason == "max_moves (1) reached")
+    );
+    let prediction = limited.prediction.expect("prediction");
+    assert_eq!(prediction.nodes.len(), 7);
+    let pve5 = prediction
+        .nodes
+        .iter()
+        .find(|n| n.node == "pve5")
+        .expect("pve5 predicted");
+    let (before, after) = (pve5.before.expect("before"), pve5.after.expect("after"));
+    assert_eq!(after.running_guests + 1, before.running_guests);
     let err = rec
         .client
         .clone()
