@@ -1,0 +1,154 @@
+//! The recommender's in-memory state, free of I/O: messages in, cluster views, cached
+//! recommendation sets and overload transitions out.
+//!
+//! - [`limits`], [`validate`]: what a message must respect, and the refusals.
+//! - [`ingest`]: applying messages and completing a cluster's cycles ([`State::ingest`]).
+//! - [`overload`]: evaluating a completed cycle's overload ([`State::evaluate_overload`]).
+//! - [`view`]: the engine's view of a cluster ([`State::view`]).
+//! - [`cache`]: the cached set of each cluster ([`State::store_set`], [`State::cached`]).
+//! - [`answers`]: summaries and cluster states for gRPC.
+//! - [`event_ids`]: the `Nats-Msg-Id` of the published events.
+//!
+//! The caller applies a message; when it completes a cycle, it evaluates overload and
+//! recomputes (the view, the engine, `store_set`).
+
+pub mod answers;
+pub mod cache;
+pub mod event_ids;
+pub mod ingest;
+pub mod limits;
+pub mod overload;
+#[cfg(test)]
+mod test_support;
+pub mod validate;
+pub mod view;
+
+use std::collections::{BTreeMap, HashMap};
+
+use proxbalance_engine::window::NodeWindow;
+use proxbalance_engine::{PenaltyConfig, Thresholds};
+use proxbalance_proto::subjects::Subjects;
+use proxbalance_proto::v1 as pb;
+
+use crate::config::OverloadConfig;
+use crate::overload::NodeOverload;
+use ingest::AwaitingHistories;
+
+pub use cache::Cached;
+pub use event_ids::{overload_event_id, recommendations_event_id};
+pub use ingest::Ingested;
+pub use validate::{Problem, Rejection, validate_snapshot};
+
+/// Settings of the state.
+#[derive(Debug, Clone)]
+pub struct StateSettings {
+    /// Subjects of the deployment.
+    pub subjects: Subjects,
+    /// A node whose last snapshot is older than this is stale, ms.
+    pub staleness_ms: i64,
+    /// Overload detection.
+    pub overload: OverloadConfig,
+    /// The engine configuration of every view.
+    pub config: PenaltyConfig,
+    /// The thresholds of every view (and of overload detection).
+    pub thresholds: Thresholds,
+}
+
+#[derive(Debug, Default)]
+struct NodeState {
+    latest: Option<pb::NodeSnapshot>,
+    window: NodeWindow,
+    overload: NodeOverload,
+    /// Observation time of the snapshot overload was last evaluated on.
+    evaluated_at_ms: Option<i64>,
+    /// Collection time of the newest history applied.
+    history_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+struct ClusterState {
+    nodes: BTreeMap<String, NodeState>,
+    status: Option<pb::ClusterStatus>,
+    completed_cycle: Option<u64>,
+    /// Set while the last status' cycle waits for its histories.
+    awaiting: Option<AwaitingHistories>,
+    cached: Option<Cached>,
+    /// vmid → the node whose latest snapshot lists it (the last one applied, when several do),
+    /// so the check that a guest is on one node per cycle does not scan every node.
+    claims: HashMap<u32, String>,
+}
+
+impl ClusterState {
+    /// The newest observation of the cluster, unix ms.
+    fn data_now_ms(&self) -> Option<i64> {
+        self.nodes
+            .values()
+            .filter_map(|n| n.latest.as_ref().map(|s| s.observed_at_unix_ms))
+            .max()
+    }
+}
+
+/// Everything the recommender knows. See the module documentation.
+#[derive(Debug)]
+pub struct State {
+    settings: StateSettings,
+    clusters: BTreeMap<String, ClusterState>,
+    /// Snapshots applied since start (what the fault tests compare with what was published).
+    snapshots_applied: u64,
+}
+
+impl State {
+    /// An empty state.
+    pub fn new(settings: StateSettings) -> Self {
+        State {
+            settings,
+            clusters: BTreeMap::new(),
+            snapshots_applied: 0,
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &StateSettings {
+        &self.settings
+    }
+
+    /// Snapshots applied since the state was created (refused ones excluded).
+    pub fn snapshots_applied(&self) -> u64 {
+        self.snapshots_applied
+    }
+
+    fn is_stale(&self, latest_ms: i64, reference_ms: i64) -> bool {
+        reference_ms - latest_ms > self.settings.staleness_ms
+    }
+
+    /// Whether the cluster is known (some message named it).
+    pub fn knows(&self, cluster: &str) -> bool {
+        self.clusters.contains_key(cluster)
+    }
+
+    /// Names of the clusters with at least one snapshot.
+    pub fn cluster_names(&self) -> Vec<String> {
+        self.clusters
+            .iter()
+            .filter(|(_, c)| c.data_now_ms().is_some())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Whether some cluster has a cached set and a node whose snapshot is fresh by the wall clock.
+    pub fn has_fresh_data(&self, wall_ms: i64) -> bool {
+        self.clusters.values().any(|c| {
+            c.cached.is_some()
+                && c.nodes.values().any(|n| {
+                    n.latest
+                        .as_ref()
+                        .is_some_and(|s| !self.is_stale(s.observed_at_unix_ms, wall_ms))
+                })
+        })
+    }
+
+    /// Bytes of window state per tracked node (the memory budget's figure, guests excluded).
+    pub fn window_bytes_per_node(&self) -> usize {
+        NodeWindow::new().memory_bytes()
+    }
+}
