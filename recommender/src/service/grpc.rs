@@ -432,16 +432,7 @@ pub async fn serve(
     >,
     shutdown_timeout: Duration,
 ) {
-    let reflection = match tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proxbalance_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-    {
-        Ok(r) => Some(r),
-        Err(e) => {
-            tracing::error!(error = %e, "gRPC reflection unavailable");
-            None
-        }
-    };
+    let (reflection_v1, reflection_v1alpha) = reflection();
     let token = shared.shutdown.clone();
     let service = Service::new(shared.clone());
     let svc = super::encoded::Routes::new(
@@ -461,7 +452,8 @@ pub async fn serve(
     let router = builder
         .trace_fn(grpc_request_span)
         .add_service(health)
-        .add_optional_service(reflection)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
         .add_service(svc);
     let server = router.serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned());
     tokio::pin!(server);
@@ -479,6 +471,40 @@ pub async fn serve(
         tracing::error!(error = %e, "gRPC server failed");
         token.cancel();
     }
+}
+
+/// The reflection services, `grpc.reflection.v1` and `v1alpha` (grpcurl speaks v1; Python's
+/// grpcio-reflection and older tools only v1alpha). Both describe every service the server
+/// answers: the recommender, health and both reflection versions. A version that cannot be
+/// built is logged and left out; the rest of the server runs without it.
+fn reflection() -> (
+    Option<
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+    >,
+    Option<
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    >,
+) {
+    // Each build adds its own version's descriptor; the other one is registered here.
+    let builder = |other_reflection: &'static [u8]| {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proxbalance_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(other_reflection)
+    };
+    let v1 = builder(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .inspect_err(|e| tracing::error!(error = %e, "gRPC reflection v1 unavailable"))
+        .ok();
+    let v1alpha = builder(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .inspect_err(|e| tracing::error!(error = %e, "gRPC reflection v1alpha unavailable"))
+        .ok();
+    (v1, v1alpha)
 }
 
 /// The span of one gRPC call, named after its path; a caller's `traceparent` metadata makes it

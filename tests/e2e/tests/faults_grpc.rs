@@ -140,3 +140,116 @@ async fn bad_requests_are_refused_with_a_status_and_never_crash() {
     rec.stop().await;
     demo.sim.shutdown().await;
 }
+
+/// Both reflection versions list every service the server answers (health included) and
+/// describe health's file: grpcurl speaks v1, Python's grpcio-reflection only v1alpha.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_serves_v1_and_v1alpha_clients_every_service() {
+    use prost::Message as _;
+    use tonic_reflection::pb::{v1, v1alpha};
+
+    support::log();
+    let nats = NatsServer::start().expect("nats-server");
+    let rec = Recommender::start(&nats.url()).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", rec.service.grpc_addr()))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+    let expected_services = vec![
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "proxbalance.v1.Recommender",
+    ];
+    let health_file = |encoded: &[Vec<u8>]| -> (String, Vec<String>) {
+        let file = prost_types::FileDescriptorProto::decode(encoded[0].as_slice())
+            .expect("a file descriptor");
+        let services = file.service.iter().map(|s| s.name().to_owned()).collect();
+        (file.package().to_owned(), services)
+    };
+
+    // v1alpha, the only version grpcio-reflection speaks.
+    let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let ask = |req: v1alpha::server_reflection_request::MessageRequest| {
+        futures_util::stream::iter([v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(req),
+        }])
+    };
+    let mut answers = alpha
+        .server_reflection_info(ask(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ))
+        .await
+        .expect("v1alpha is served")
+        .into_inner();
+    let listed = match answers
+        .message()
+        .await
+        .expect("answer")
+        .expect("one answer")
+        .message_response
+    {
+        Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
+            let mut names: Vec<String> = l.service.into_iter().map(|s| s.name).collect();
+            names.sort();
+            names
+        }
+        other => panic!("not a service list: {other:?}"),
+    };
+    assert_eq!(listed, expected_services);
+    let mut answers = alpha
+        .server_reflection_info(ask(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "grpc.health.v1.Health".into(),
+            ),
+        ))
+        .await
+        .expect("v1alpha is served")
+        .into_inner();
+    match answers
+        .message()
+        .await
+        .expect("answer")
+        .expect("one answer")
+        .message_response
+    {
+        Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(f)) => {
+            assert_eq!(
+                health_file(&f.file_descriptor_proto),
+                ("grpc.health.v1".to_owned(), vec!["Health".to_owned()])
+            );
+        }
+        other => panic!("not a file: {other:?}"),
+    }
+
+    // v1, what grpcurl asks first: the same list and the same file.
+    let mut v1c = v1::server_reflection_client::ServerReflectionClient::new(channel);
+    let mut answers = v1c
+        .server_reflection_info(futures_util::stream::iter([v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            )),
+        }]))
+        .await
+        .expect("v1 is served")
+        .into_inner();
+    match answers
+        .message()
+        .await
+        .expect("answer")
+        .expect("one answer")
+        .message_response
+    {
+        Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
+            let mut names: Vec<String> = l.service.into_iter().map(|s| s.name).collect();
+            names.sort();
+            assert_eq!(names, expected_services);
+        }
+        other => panic!("not a service list: {other:?}"),
+    }
+    rec.stop().await;
+}
