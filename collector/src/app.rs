@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use proxbalance_proto::subjects::Subjects;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::config::{Config, ConfigError};
@@ -32,6 +31,10 @@ pub enum RunError {
     /// The streams could not be set up.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// A cluster's task panicked; the other clusters were stopped so that the process exits
+    /// (status 1) and its supervisor restarts it.
+    #[error(transparent)]
+    Task(#[from] proxbalance_runtime::TaskFailure),
 }
 
 /// Installs the ring TLS provider as the process default (idempotent).
@@ -93,24 +96,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         ));
     }
 
-    let tracker = TaskTracker::new();
+    // A panic in one cluster's task stops them all and makes `run` fail: a collector that
+    // silently stopped polling one cluster would look healthy to its supervisor.
+    let tasks = proxbalance_runtime::CriticalTasks::new(shutdown.clone());
     for (collector, interval) in collectors {
-        tracker.spawn(cluster_loop(
-            collector,
-            interval,
-            publisher.clone(),
-            RetryBuffer::new(config.nats.retry_buffer_messages),
-            shutdown.clone(),
-        ));
+        let name = format!("cluster:{}", collector.cluster());
+        tasks.spawn(
+            &name,
+            cluster_loop(
+                collector,
+                interval,
+                publisher.clone(),
+                RetryBuffer::new(config.nats.retry_buffer_messages),
+                shutdown.clone(),
+            ),
+        );
     }
-    tracker.close();
+    tasks.close();
     tracing::info!(clusters = config.clusters.len(), "collector running");
-    tracker.wait().await;
+    let ended = tasks.wait().await;
     if let Err(e) = nats.flush().await {
         tracing::warn!(error = %e, "NATS flush at shutdown failed");
     }
     tracing::info!("collector stopped");
-    Ok(())
+    Ok(ended?)
 }
 
 /// Polls one cluster until shutdown. A cycle in progress is abandoned on shutdown. Messages

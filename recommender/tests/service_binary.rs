@@ -1,5 +1,5 @@
-//! The `proxbalance-recommender` binary: refuses a bad configuration naming the key, and shuts
-//! down cleanly on SIGTERM.
+//! The `proxbalance-recommender` binary: refuses a bad configuration naming the key, shuts
+//! down cleanly on SIGTERM, and exits with an error when one of its tasks panics.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -72,5 +72,41 @@ fn sigterm_stops_the_service_gracefully() {
     assert!(
         rest.iter().any(|l| l.contains("recommender stopped")),
         "{rest:?}"
+    );
+}
+
+/// A panic in the ingest task (made on purpose through the debug-build variable
+/// `PROXBALANCE_DEBUG_PANIC_TASK`) stops the whole process with status 1 and the task named,
+/// so that systemd or Kubernetes restarts it. Before, the task ended and the process lived on,
+/// still answering gRPC, with nothing ingested any more.
+#[test]
+fn a_panicking_task_makes_the_process_exit_with_an_error() {
+    let nats = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[nats]\nurl = \"{}\"\n[grpc]\nlisten = \"127.0.0.1:0\"\n",
+            nats.url()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .env(proxbalance_runtime::tasks::PANIC_TASK_ENV, "ingest")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = proxbalance_e2e::output_within(child, Duration::from_secs(60))
+        .expect("the process exits after its ingest task panicked");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("task ingest panicked: PROXBALANCE_DEBUG_PANIC_TASK asked task ingest to panic; the service stopped so that it can be restarted"),
+        "{err}"
     );
 }

@@ -8,6 +8,7 @@
 //! - [`start_metrics_exporter`]: the Prometheus `/metrics` listener;
 //! - [`shutdown_on_signal`]: a cancellation token cancelled by SIGTERM or SIGINT;
 //! - [`install_crypto_provider`]: the process-wide rustls provider (ring).
+//! - [`tasks`]: the service's long-lived tasks, a panic in one stopping the service with an error.
 //! - [`telemetry`]: logs (text or JSON) and opt-in OpenTelemetry traces over OTLP, with the
 //!   `traceparent` helpers that carry a trace across NATS and gRPC.
 
@@ -25,8 +26,10 @@ pub mod secret;
 
 pub use secret::{Secret, SecretError, redact_url};
 
+pub mod tasks;
 pub mod telemetry;
 
+pub use tasks::{CriticalTasks, TaskFailure};
 pub use telemetry::{Telemetry, TelemetryConfig, TelemetryError, init_telemetry};
 
 /// Why a run-time facility could not be set up.

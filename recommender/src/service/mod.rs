@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use proxbalance_engine as engine;
 use proxbalance_proto::subjects::Subjects;
 use proxbalance_proto::v1 as pb;
+use proxbalance_runtime::CriticalTasks;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
 use crate::state::{State, StateSettings};
@@ -77,6 +77,10 @@ pub enum ServiceError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Grpc(String),
+    /// A task the service cannot run without panicked; the process should exit and be
+    /// restarted (the binary exits with status 1).
+    #[error(transparent)]
+    Task(#[from] proxbalance_runtime::TaskFailure),
 }
 
 /// Milliseconds since the epoch by the wall clock.
@@ -207,7 +211,7 @@ pub fn state_settings(config: &Config) -> Result<StateSettings, ConfigError> {
 pub struct RunningService {
     grpc_addr: SocketAddr,
     shared: Arc<Shared>,
-    tracker: TaskTracker,
+    tasks: CriticalTasks,
     nats: async_nats::Client,
 }
 
@@ -222,14 +226,15 @@ impl RunningService {
         &self.shared
     }
 
-    /// Waits until every task has ended (after the shutdown token is cancelled).
+    /// Waits until every task has ended: after the shutdown token is cancelled, or after a
+    /// task panicked ([`ServiceError::Task`]; the other tasks were stopped).
     pub async fn wait(self) -> Result<(), ServiceError> {
-        self.tracker.wait().await;
+        let ended = self.tasks.wait().await;
         if let Err(e) = self.nats.flush().await {
             tracing::warn!(error = %e, "NATS flush at shutdown failed");
         }
         tracing::info!("recommender stopped");
-        Ok(())
+        Ok(ended?)
     }
 }
 
@@ -276,35 +281,44 @@ pub async fn start(
         security,
     });
 
-    let tracker = TaskTracker::new();
+    let tasks = CriticalTasks::new(shutdown.clone());
     let (out_tx, out_rx) = mpsc::channel::<Outgoing>(4096);
-    tracker.spawn(events::publish_loop(
-        js.clone(),
-        nats.clone(),
-        subjects.clone(),
-        out_rx,
-        Duration::from_millis(config.nats.publish_timeout_ms),
-    ));
-    tracker.spawn(ingest::ingest_loop(
-        shared.clone(),
-        js,
-        subjects,
-        out_tx,
-        config.replay_window(),
-    ));
+    tasks.spawn(
+        "events",
+        events::publish_loop(
+            js.clone(),
+            nats.clone(),
+            subjects.clone(),
+            out_rx,
+            Duration::from_millis(config.nats.publish_timeout_ms),
+        ),
+    );
+    tasks.spawn(
+        "ingest",
+        ingest::ingest_loop(shared.clone(), js, subjects, out_tx, config.replay_window()),
+    );
     let (reporter, health) = tonic_health::server::health_reporter();
     // Both names are registered NOT_SERVING before the server accepts a call: a probe right
     // after start must read NOT_SERVING, not "service not registered" (and not the SERVING
     // that `health_reporter` gives the overall name "").
     set_health(&reporter, tonic_health::ServingStatus::NotServing).await;
-    tracker.spawn(health_loop(shared.clone(), nats.clone(), reporter));
-    tracker.spawn(grpc::serve(
-        shared.clone(),
-        listener,
-        health,
-        Duration::from_millis(config.grpc.shutdown_timeout_ms),
-    ));
-    tracker.close();
+    reporter
+        .set_service_status(LIVENESS_SERVICE, tonic_health::ServingStatus::Serving)
+        .await;
+    tasks.spawn(
+        "health",
+        health_loop(shared.clone(), nats.clone(), reporter),
+    );
+    tasks.spawn(
+        "grpc",
+        grpc::serve(
+            shared.clone(),
+            listener,
+            health,
+            Duration::from_millis(config.grpc.shutdown_timeout_ms),
+        ),
+    );
+    tasks.close();
     tracing::info!(
         %grpc_addr,
         tls = shared.security.tls(),
@@ -314,10 +328,17 @@ pub async fn start(
     Ok(RunningService {
         grpc_addr,
         shared,
-        tracker,
+        tasks,
         nats,
     })
 }
+
+/// The health service name of the liveness probe: SERVING from the moment the server accepts
+/// calls until shutdown, whatever the data. Readiness (`""` and `proxbalance.v1.Recommender`)
+/// is NOT_SERVING while NATS is down or the data is stale, which is no reason to restart the
+/// process; a task that died is (the process exits, see [`proxbalance_runtime::tasks`]), and a
+/// process whose gRPC server no longer answers is, which this name lets the probe see.
+pub const LIVENESS_SERVICE: &str = "liveness";
 
 /// Sets the health of `proxbalance.v1.Recommender` and of the server as a whole ("").
 async fn set_health(
@@ -359,4 +380,7 @@ async fn health_loop(
         }
     }
     set_health(&reporter, tonic_health::ServingStatus::NotServing).await;
+    reporter
+        .set_service_status(LIVENESS_SERVICE, tonic_health::ServingStatus::NotServing)
+        .await;
 }

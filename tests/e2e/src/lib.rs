@@ -342,6 +342,26 @@ impl NatsCluster {
     }
 }
 
+/// Waits up to `timeout` for `child` to exit and returns its output (stdout and stderr must be
+/// piped or null). The wait is on the process's end, not a poll; a child still running at the
+/// deadline is killed (SIGKILL, by its pid) and `None` is returned.
+pub fn output_within(child: Child, timeout: Duration) -> Option<std::process::Output> {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.ok(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            None
+        }
+    }
+}
+
 fn healthz(port: u16) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;

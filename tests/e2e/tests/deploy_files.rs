@@ -850,6 +850,12 @@ fn kubernetes_manifests_are_consistent() {
             .unwrap()
     );
     assert_eq!(cfg.nats.url, "nats://nats:4222");
+    // No TCP probe: an open port proves nothing about the process behind it.
+    assert_eq!(
+        c["livenessProbe"]["httpGet"]["port"].as_str(),
+        Some("metrics")
+    );
+    assert!(c["livenessProbe"]["tcpSocket"].is_null());
 
     // ---- recommender
     let dep = find(&objs, "Deployment", "proxbalance-recommender");
@@ -873,10 +879,20 @@ fn kubernetes_manifests_are_consistent() {
     );
     assert_eq!(container_port(c, "grpc"), grpc);
     assert_eq!(container_port(c, "metrics"), metrics);
-    // Readiness is the gRPC health service on the gRPC port.
+    // Readiness and liveness are the gRPC health service on the gRPC port: readiness the
+    // server as a whole, liveness the name that stays SERVING whatever the data.
     assert_eq!(
         c["readinessProbe"]["grpc"]["port"].as_u64(),
         Some(u64::from(grpc))
+    );
+    assert!(c["readinessProbe"]["grpc"]["service"].is_null());
+    assert_eq!(
+        c["livenessProbe"]["grpc"]["port"].as_u64(),
+        Some(u64::from(grpc))
+    );
+    assert_eq!(
+        c["livenessProbe"]["grpc"]["service"].as_str(),
+        Some(proxbalance_recommender::service::LIVENESS_SERVICE)
     );
     assert_eq!(
         pod["metadata"]["annotations"]["prometheus.io/port"].as_str(),

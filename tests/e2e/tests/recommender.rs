@@ -392,6 +392,13 @@ async fn demo_scenarios_yield_the_expected_recommendations_and_events() {
         ServingStatus::NotServing
     );
     assert_eq!(rec.health("").await, ServingStatus::NotServing);
+    // Liveness (the Kubernetes liveness probe's name) is SERVING all the same: no data is no
+    // reason to restart the process.
+    assert_eq!(
+        rec.health(proxbalance_recommender::service::LIVENESS_SERVICE)
+            .await,
+        ServingStatus::Serving
+    );
     let err = rec
         .client
         .clone()
