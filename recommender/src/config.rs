@@ -94,6 +94,31 @@ pub struct GrpcConfig {
     pub token_file: Option<PathBuf>,
     /// Name of the environment variable holding the bearer token (instead of `token_file`).
     pub token_env: Option<String>,
+    /// Longest time a call may take to produce its answer (for a watch: its first message
+    /// header), ms; a client's shorter `grpc-timeout` wins. Beyond it: `CANCELLED`.
+    pub request_timeout_ms: u64,
+    /// Calls served at once on one connection; more wait their turn.
+    pub concurrency_limit_per_connection: usize,
+    /// HTTP/2 streams (calls, watches included) one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Interval of HTTP/2 keepalive pings to each client, ms: a peer that vanished (its watch
+    /// streams with it) is found and dropped.
+    pub keepalive_interval_ms: u64,
+    /// Time to wait for a keepalive ping's answer before the connection is closed, ms.
+    pub keepalive_timeout_ms: u64,
+    /// Requests computed afresh at once (`GetRecommendations` with overrides or a limit,
+    /// `GetMigrationOptions`); more are refused with `RESOURCE_EXHAUSTED`. Default: half the
+    /// CPUs, at least 1, so that cached answers keep a CPU.
+    pub max_fresh_plans: Option<usize>,
+}
+
+impl GrpcConfig {
+    /// `max_fresh_plans`, or its default: half the CPUs, at least 1.
+    pub fn fresh_plans(&self) -> usize {
+        self.max_fresh_plans.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+        })
+    }
 }
 
 impl Default for GrpcConfig {
@@ -106,6 +131,12 @@ impl Default for GrpcConfig {
             tls_client_ca_file: None,
             token_file: None,
             token_env: None,
+            request_timeout_ms: 30_000,
+            concurrency_limit_per_connection: 32,
+            max_concurrent_streams: 128,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 10_000,
+            max_fresh_plans: None,
         }
     }
 }
@@ -127,6 +158,15 @@ pub struct StateConfig {
     pub replay_window_s: u64,
     /// A node whose last snapshot is older than this is stale: neither source nor target, s.
     pub staleness_s: u64,
+    /// Snapshots, histories and statuses observed more than this after the recommender's
+    /// clock are refused (`future_time`), s; less than `staleness_s`.
+    pub max_clock_skew_s: u64,
+    /// A cluster's recommendations whose newest snapshot is older than this are not served
+    /// (`UNAVAILABLE`), s: its collector stopped, and the set describes the past.
+    pub max_answer_age_s: u64,
+    /// A node without a snapshot for this long, and a cluster without a node, is forgotten
+    /// (windows, cached set, metric labels), s; histories older than this are not applied.
+    pub retention_s: u64,
 }
 
 impl Default for StateConfig {
@@ -134,6 +174,9 @@ impl Default for StateConfig {
         Self {
             replay_window_s: 7200,
             staleness_s: 120,
+            max_clock_skew_s: 30,
+            max_answer_age_s: 300,
+            retention_s: 86_400,
         }
     }
 }
@@ -247,6 +290,11 @@ impl Config {
         Duration::from_secs(self.state.replay_window_s)
     }
 
+    /// The retention ([`StateConfig::retention_s`]).
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.state.retention_s)
+    }
+
     /// Checks ranges and consistency; every error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.subjects()?;
@@ -296,8 +344,51 @@ impl Config {
         if self.state.replay_window_s == 0 {
             return Err(invalid("state.replay_window_s", "expected > 0"));
         }
-        if self.state.staleness_s == 0 {
+        let st = &self.state;
+        if st.staleness_s == 0 {
             return Err(invalid("state.staleness_s", "expected > 0"));
+        }
+        if st.max_clock_skew_s >= st.staleness_s {
+            return Err(invalid(
+                "state.max_clock_skew_s",
+                format!(
+                    "expected less than state.staleness_s ({} s): a node that far ahead would \
+                     make the others look stale",
+                    st.staleness_s
+                ),
+            ));
+        }
+        if st.max_answer_age_s == 0 {
+            return Err(invalid("state.max_answer_age_s", "expected > 0"));
+        }
+        if st.retention_s <= st.staleness_s {
+            return Err(invalid(
+                "state.retention_s",
+                format!(
+                    "expected more than state.staleness_s ({} s)",
+                    st.staleness_s
+                ),
+            ));
+        }
+        for (field, value) in [
+            ("grpc.request_timeout_ms", g.request_timeout_ms),
+            ("grpc.keepalive_interval_ms", g.keepalive_interval_ms),
+            ("grpc.keepalive_timeout_ms", g.keepalive_timeout_ms),
+            (
+                "grpc.concurrency_limit_per_connection",
+                g.concurrency_limit_per_connection as u64,
+            ),
+            (
+                "grpc.max_concurrent_streams",
+                u64::from(g.max_concurrent_streams),
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "expected > 0"));
+            }
+        }
+        if g.max_fresh_plans == Some(0) {
+            return Err(invalid("grpc.max_fresh_plans", "expected ≥ 1"));
         }
         let o = &self.overload;
         if !(o.clear_margin.is_finite() && o.clear_margin >= 0.0) {

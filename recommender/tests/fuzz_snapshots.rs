@@ -6,22 +6,17 @@
 //! accepts and plans: validation must refuse everything the engine would refuse later.
 
 use proptest::prelude::*;
-use proxbalance_engine::{PenaltyConfig, Thresholds};
 use proxbalance_proto::SCHEMA_VERSION;
 use proxbalance_proto::subjects::Subjects;
 use proxbalance_proto::v1 as pb;
-use proxbalance_recommender::config::OverloadConfig;
-use proxbalance_recommender::state::{State, StateSettings};
+use proxbalance_recommender::state::{Arrival, State, StateSettings};
 
 const T0: i64 = 1_764_230_400_000;
 
 fn state() -> State {
     State::new(StateSettings {
-        subjects: Subjects::default(),
         staleness_ms: 60_000,
-        overload: OverloadConfig::default(),
-        config: PenaltyConfig::default(),
-        thresholds: Thresholds::default(),
+        ..StateSettings::default()
     })
 }
 
@@ -75,9 +70,13 @@ fn check(payload: &[u8]) -> Result<(), TestCaseError> {
     st.ingest(
         &subjects.snapshot("c", "a"),
         &proxbalance_proto::encode(&valid("a", 100)),
+        Arrival::at(T0),
     )
     .map_err(|e| TestCaseError::fail(format!("genuine snapshot refused: {e}")))?;
-    if st.ingest(&subjects.snapshot("c", "b"), payload).is_ok() {
+    if st
+        .ingest(&subjects.snapshot("c", "b"), payload, Arrival::at(T0))
+        .is_ok()
+    {
         let view = st.view("c", T0).expect("a view");
         let cluster = view
             .validate()
@@ -133,11 +132,12 @@ fn valid_history() -> pb::NodeHistory {
 fn check_after(subject: &str, payload: &[u8]) -> Result<(), TestCaseError> {
     let mut st = state();
     let subjects = Subjects::default();
-    let _ = st.ingest(subject, payload);
+    let _ = st.ingest(subject, payload, Arrival::at(T0));
     for (node, vmid) in [("a", 100), ("b", 200)] {
         st.ingest(
             &subjects.snapshot("c", node),
             &proxbalance_proto::encode(&valid(node, vmid)),
+            Arrival::at(T0),
         )
         .map_err(|e| TestCaseError::fail(format!("genuine snapshot of {node} refused: {e}")))?;
     }

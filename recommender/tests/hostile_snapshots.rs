@@ -2,22 +2,17 @@
 //! with the field it names and the exact reason label the rejection metric counts it under,
 //! and none of them changes the state. RELIABILITY.md lists them.
 
-use proxbalance_engine::{PenaltyConfig, Thresholds};
 use proxbalance_proto::SCHEMA_VERSION;
 use proxbalance_proto::subjects::Subjects;
 use proxbalance_proto::v1 as pb;
-use proxbalance_recommender::config::OverloadConfig;
-use proxbalance_recommender::state::{Ingested, State, StateSettings, limits};
+use proxbalance_recommender::state::{Arrival, Ingested, State, StateSettings, limits};
 
 const T0: i64 = 1_764_230_400_000;
 
 fn state() -> State {
     State::new(StateSettings {
-        subjects: Subjects::default(),
         staleness_ms: 60_000,
-        overload: OverloadConfig::default(),
-        config: PenaltyConfig::default(),
-        thresholds: Thresholds::default(),
+        ..StateSettings::default()
     })
 }
 
@@ -75,7 +70,7 @@ fn ingest(st: &mut State, s: &pb::NodeSnapshot) -> Result<Ingested, String> {
 }
 
 fn ingest_on(st: &mut State, subject: &str, s: &pb::NodeSnapshot) -> Result<Ingested, String> {
-    st.ingest(subject, &proxbalance_proto::encode(s))
+    st.ingest(subject, &proxbalance_proto::encode(s), Arrival::at(T0))
         .map_err(|e| format!("{} | {e}", e.label()))
 }
 
@@ -261,6 +256,7 @@ fn a_status_listing_a_megabyte_history_name_is_refused() {
         .ingest(
             &Subjects::default().cluster_status("c"),
             &proxbalance_proto::encode(&status),
+            Arrival::at(T0),
         )
         .unwrap_err();
     assert_eq!(
@@ -292,6 +288,7 @@ fn a_history_point_using_more_memory_than_its_total_is_refused() {
         .ingest(
             &Subjects::default().history("c", "b"),
             &proxbalance_proto::encode(&history),
+            Arrival::at(T0),
         )
         .unwrap_err();
     assert_eq!(
@@ -331,9 +328,11 @@ fn oversized_and_garbage_payloads_are_refused() {
     let mut st = state();
     let subject = Subjects::default().snapshot("c", "a");
     let big = vec![0u8; proxbalance_proto::codec::MAX_PAYLOAD_BYTES + 1];
-    let e = st.ingest(&subject, &big).unwrap_err();
+    let e = st.ingest(&subject, &big, Arrival::at(T0)).unwrap_err();
     assert_eq!(e.label(), "too_large");
-    let e = st.ingest(&subject, b"{\"not\": \"protobuf\"}").unwrap_err();
+    let e = st
+        .ingest(&subject, b"{\"not\": \"protobuf\"}", Arrival::at(T0))
+        .unwrap_err();
     assert_eq!(e.label(), "decode");
     assert!(st.cluster_names().is_empty());
 }

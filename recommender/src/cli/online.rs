@@ -264,6 +264,7 @@ pub(super) fn state(args: &StateArgs) -> Result<String, CliError> {
                     "node": s.node,
                     "status": status_word(s.status),
                     "stale": n.stale,
+                    "missed_cycle": n.missed_cycle,
                     "maintenance": s.maintenance,
                     "cycle": s.cycle,
                     "observed_at_unix_ms": s.observed_at_unix_ms,
@@ -286,7 +287,11 @@ pub(super) fn state(args: &StateArgs) -> Result<String, CliError> {
             })
             .collect();
         match args.format {
-            Format::Json => to_json(&json!({"cluster": resp.cluster, "nodes": rows})),
+            Format::Json => to_json(&json!({
+                "cluster": resp.cluster,
+                "clock_skew_ms": resp.clock_skew_ms,
+                "nodes": rows,
+            })),
             Format::Table => {
                 let mut t = Table::new([
                     "NODE",
@@ -306,6 +311,8 @@ pub(super) fn state(args: &StateArgs) -> Result<String, CliError> {
                     let mut status = r["status"].as_str().unwrap_or("").to_owned();
                     if r["stale"].as_bool() == Some(true) {
                         status.push_str(" (stale)");
+                    } else if r["missed_cycle"].as_bool() == Some(true) {
+                        status.push_str(" (missed cycle)");
                     }
                     if r["maintenance"].as_bool() == Some(true) {
                         status.push_str(" (maintenance)");
@@ -332,7 +339,10 @@ pub(super) fn state(args: &StateArgs) -> Result<String, CliError> {
                         overloaded.join(", "),
                     ]);
                 }
-                Ok(format!("Cluster {}:\n{}", resp.cluster, t.render()))
+                let skew = resp.clock_skew_ms.map_or(String::new(), |ms| {
+                    format!(" (collector clock {:+.1} s from NATS')", ms as f64 / 1000.0)
+                });
+                Ok(format!("Cluster {}{skew}:\n{}", resp.cluster, t.render()))
             }
         }
     })

@@ -1,79 +1,92 @@
-//! `GetRecommendations` answered with pre-encoded bytes.
+//! `GetRecommendations` and `WatchRecommendations` answered with pre-encoded bytes.
 //!
-//! The cached response of a cluster is encoded once per recomputation; requests without
-//! overrides get those bytes as they are. [`Routes`] puts this in front of the generated
-//! `RecommenderServer` for that one method and hands every other call to it unchanged.
+//! Each cluster's set is encoded once per recomputation, in both views
+//! ([`crate::state::Cached`]); answers and watch messages are written around those bytes
+//! ([`Encoded`]), so neither a busy recommender nor a hundred watchers clone or re-encode the
+//! same megabyte. [`Routes`] puts these two methods in front of the generated
+//! `RecommenderServer` and hands every other call to it unchanged.
 
 use std::convert::Infallible;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use prost::Message;
-use prost::bytes::{BufMut, Bytes};
+use prost::bytes::BufMut;
 use proxbalance_proto::v1 as pb;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, StdError, http};
-use tonic::server::{NamedService, UnaryService};
+use tonic::server::{NamedService, ServerStreamingService, UnaryService};
 use tonic::{Request, Response, Status};
 
-use super::grpc::Service;
+use super::grpc::{EncodedStream, Service};
+use crate::state::Encoded;
 
-/// The method served from encoded bytes.
+/// The method answered with the cached response bytes.
 pub(crate) const GET_RECOMMENDATIONS: &str = "/proxbalance.v1.Recommender/GetRecommendations";
+/// The method whose messages are written around the cached set bytes.
+pub(crate) const WATCH_RECOMMENDATIONS: &str = "/proxbalance.v1.Recommender/WatchRecommendations";
 
-/// Decodes a `GetRecommendationsRequest`, writes already encoded response bytes.
-#[derive(Debug, Clone, Copy, Default)]
-struct PreEncodedCodec;
+/// Decodes a `Req`, writes already encoded pieces.
+struct PreEncodedCodec<Req>(PhantomData<fn() -> Req>);
+
+impl<Req> Default for PreEncodedCodec<Req> {
+    fn default() -> Self {
+        PreEncodedCodec(PhantomData)
+    }
+}
 
 #[derive(Debug)]
-struct BytesEncoder;
+struct PiecesEncoder;
 
 #[derive(Debug)]
-struct RequestDecoder;
+struct RequestDecoder<Req>(PhantomData<fn() -> Req>);
 
-impl Encoder for BytesEncoder {
-    type Item = Bytes;
+impl Encoder for PiecesEncoder {
+    type Item = Encoded;
     type Error = Status;
 
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
+    fn encode(&mut self, item: Encoded, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        for piece in &item {
+            dst.put_slice(piece);
+        }
         Ok(())
     }
 }
 
-impl Decoder for RequestDecoder {
-    type Item = pb::GetRecommendationsRequest;
+impl<Req: Message + Default> Decoder for RequestDecoder<Req> {
+    type Item = Req;
     type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-        pb::GetRecommendationsRequest::decode(src)
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Req>, Status> {
+        Req::decode(src)
             .map(Some)
             .map_err(|e| Status::invalid_argument(format!("request: {e}")))
     }
 }
 
-impl Codec for PreEncodedCodec {
-    type Encode = Bytes;
-    type Decode = pb::GetRecommendationsRequest;
-    type Encoder = BytesEncoder;
-    type Decoder = RequestDecoder;
+impl<Req: Message + Default + Send + 'static> Codec for PreEncodedCodec<Req> {
+    type Encode = Encoded;
+    type Decode = Req;
+    type Encoder = PiecesEncoder;
+    type Decoder = RequestDecoder<Req>;
 
-    fn encoder(&mut self) -> BytesEncoder {
-        BytesEncoder
+    fn encoder(&mut self) -> PiecesEncoder {
+        PiecesEncoder
     }
 
-    fn decoder(&mut self) -> RequestDecoder {
-        RequestDecoder
+    fn decoder(&mut self) -> RequestDecoder<Req> {
+        RequestDecoder(PhantomData)
     }
 }
 
-/// The unary handler behind the codec.
+/// The unary `GetRecommendations` handler behind the codec.
 #[derive(Debug, Clone)]
 struct EncodedGet(Arc<Service>);
 
 impl UnaryService<pb::GetRecommendationsRequest> for EncodedGet {
-    type Response = Bytes;
-    type Future = BoxFuture<Response<Bytes>, Status>;
+    type Response = Encoded;
+    type Future = BoxFuture<Response<Encoded>, Status>;
 
     fn call(&mut self, request: Request<pb::GetRecommendationsRequest>) -> Self::Future {
         let svc = self.0.clone();
@@ -85,7 +98,25 @@ impl UnaryService<pb::GetRecommendationsRequest> for EncodedGet {
     }
 }
 
-/// Routes `GetRecommendations` to the encoded-bytes handler and everything else to `inner`.
+/// The `WatchRecommendations` handler behind the codec.
+#[derive(Debug, Clone)]
+struct EncodedWatch(Arc<Service>);
+
+impl ServerStreamingService<pb::WatchRecommendationsRequest> for EncodedWatch {
+    type Response = Encoded;
+    type ResponseStream = EncodedStream;
+    type Future = BoxFuture<Response<EncodedStream>, Status>;
+
+    fn call(&mut self, request: Request<pb::WatchRecommendationsRequest>) -> Self::Future {
+        let svc = self.0.clone();
+        Box::pin(async move {
+            svc.watch_recommendations_encoded(request.get_ref())
+                .map(Response::new)
+        })
+    }
+}
+
+/// Routes the two encoded methods to their handlers and everything else to `inner`.
 #[derive(Debug, Clone)]
 pub(crate) struct Routes<S> {
     inner: S,
@@ -94,7 +125,7 @@ pub(crate) struct Routes<S> {
 }
 
 impl<S> Routes<S> {
-    /// Wraps the generated server `inner`; `service` answers `GetRecommendations`.
+    /// Wraps the generated server `inner`; `service` answers the encoded methods.
     pub fn new(inner: S, service: Service, max_encoded: usize) -> Self {
         Routes {
             inner,
@@ -129,15 +160,25 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path() != GET_RECOMMENDATIONS {
-            return Box::pin(self.inner.call(req));
-        }
-        let handler = EncodedGet(self.service.clone());
         let max_encoded = self.max_encoded;
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(PreEncodedCodec)
-                .apply_max_message_size_config(None, Some(max_encoded));
-            Ok(grpc.unary(handler, req).await)
-        })
+        match req.uri().path() {
+            GET_RECOMMENDATIONS => {
+                let handler = EncodedGet(self.service.clone());
+                Box::pin(async move {
+                    let mut grpc = tonic::server::Grpc::new(PreEncodedCodec::default())
+                        .apply_max_message_size_config(None, Some(max_encoded));
+                    Ok(grpc.unary(handler, req).await)
+                })
+            }
+            WATCH_RECOMMENDATIONS => {
+                let handler = EncodedWatch(self.service.clone());
+                Box::pin(async move {
+                    let mut grpc = tonic::server::Grpc::new(PreEncodedCodec::default())
+                        .apply_max_message_size_config(None, Some(max_encoded));
+                    Ok(grpc.server_streaming(handler, req).await)
+                })
+            }
+            _ => Box::pin(self.inner.call(req)),
+        }
     }
 }

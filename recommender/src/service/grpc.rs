@@ -13,6 +13,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::{Shared, metric, wall_ms};
 use crate::convert;
+use crate::state::{Cached, Encoded};
 
 type WatchStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -20,6 +21,8 @@ type WatchStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'sta
 #[derive(Debug, Clone)]
 pub struct Service {
     shared: Arc<Shared>,
+    /// `grpc.max_fresh_plans` permits for requests computed afresh.
+    fresh: Arc<tokio::sync::Semaphore>,
 }
 
 /// Records a call's latency with its method and status code.
@@ -101,18 +104,56 @@ fn full_view(view: i32) -> Result<bool, Status> {
     convert::wants_full_view(view).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-/// A cached set: the full message, the view asked for, and the response encoded in that view.
-pub(super) struct CachedHit {
-    pub full_set: Arc<pb::RecommendationSet>,
-    pub full: bool,
-    pub generation: u64,
-    pub encoded: prost::bytes::Bytes,
+/// The messages of a `WatchRecommendations` stream, encoded.
+pub(super) type EncodedStream = WatchStream<Encoded>;
+
+/// A request computed afresh, holding one of `grpc.max_fresh_plans` permits.
+type FreshPermit = tokio::sync::OwnedSemaphorePermit;
+
+/// A fresh model and what it was built from.
+struct Tuned {
+    model: engine::Cluster,
+    overrides: engine::Overrides,
+    data_at_ms: i64,
+    age_ms: i64,
 }
 
 impl Service {
     /// A service over the shared state.
     pub(super) fn new(shared: Arc<Shared>) -> Self {
-        Service { shared }
+        let fresh = Arc::new(tokio::sync::Semaphore::new(
+            shared.config.grpc.fresh_plans(),
+        ));
+        Service { shared, fresh }
+    }
+
+    /// The age of data observed at `data_at_ms` (0 when the collector's clock is ahead), or
+    /// `UNAVAILABLE` past `state.max_answer_age_s`: the cluster's collector stopped, and an
+    /// answer would describe the past as if it were now.
+    fn fresh_enough(&self, cluster: &str, data_at_ms: i64) -> Result<i64, Status> {
+        let age_ms = wall_ms().saturating_sub(data_at_ms).max(0);
+        let limit_s = self.shared.config.state.max_answer_age_s;
+        if age_ms / 1000 >= i64::try_from(limit_s).unwrap_or(i64::MAX) {
+            return Err(Status::unavailable(format!(
+                "cluster {cluster:?}: its newest data is {} s old, over the limit of {limit_s} s \
+                 (state.max_answer_age_s); no collection cycle completed since",
+                age_ms / 1000
+            )));
+        }
+        Ok(age_ms)
+    }
+
+    /// A permit to compute afresh, or `RESOURCE_EXHAUSTED` when `grpc.max_fresh_plans` are
+    /// running: a burst of requests with overrides must not take the CPUs that cached answers
+    /// and ingest need.
+    fn fresh_permit(&self) -> Result<FreshPermit, Status> {
+        self.fresh.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{} requests computed afresh are running (grpc.max_fresh_plans); retry later, \
+                 or ask without overrides and limit for the cached set",
+                self.shared.config.grpc.fresh_plans()
+            ))
+        })
     }
 
     /// `GetRecommendations` without overrides and limit is served from the cache: `Ok(None)`
@@ -120,28 +161,27 @@ impl Service {
     pub(super) fn cached_recommendations(
         &self,
         req: &pb::GetRecommendationsRequest,
-    ) -> Result<Option<CachedHit>, Status> {
+    ) -> Result<Option<Encoded>, Status> {
         require_cluster(&req.cluster)?;
         let full = full_view(req.view)?;
         if !convert::overrides_are_empty(req.overrides.as_ref()) || req.limit != 0 {
             return Ok(None);
         }
-        let state = self.shared.read();
-        if !state.knows(&req.cluster) {
-            return Err(unknown_cluster(&self.shared, &state, &req.cluster));
-        }
-        match state.cached(&req.cluster) {
-            Some(c) => Ok(Some(CachedHit {
-                full_set: c.full.clone(),
-                full,
-                generation: c.generation,
-                encoded: c.encoded(full).clone(),
-            })),
-            None => Err(Status::unavailable(format!(
+        let cached = {
+            let state = self.shared.read();
+            if !state.knows(&req.cluster) {
+                return Err(unknown_cluster(&self.shared, &state, &req.cluster));
+            }
+            state.cached(&req.cluster).cloned()
+        };
+        let cached = cached.ok_or_else(|| {
+            Status::unavailable(format!(
                 "cluster {:?}: no recommendations yet (waiting for a complete collection cycle)",
                 req.cluster
-            ))),
-        }
+            ))
+        })?;
+        let age_ms = self.fresh_enough(&req.cluster, cached.data_at_ms)?;
+        Ok(Some(cached.response(full, age_ms)))
     }
 
     /// Plans the cluster afresh with the request's overrides and limit.
@@ -150,60 +190,123 @@ impl Service {
         req: &pb::GetRecommendationsRequest,
     ) -> Result<pb::GetRecommendationsResponse, Status> {
         let full = full_view(req.view)?;
-        let (model, ov) = self
+        let permit = self.fresh_permit()?;
+        let tuned = self
             .tuned_cluster(&req.cluster, req.overrides.as_ref(), req.limit)
             .await?;
-        let set = tokio::task::spawn_blocking(move || engine::plan(&model, ov.limit))
-            .await
-            .map_err(|e| Status::internal(format!("planning failed: {e}")))?;
+        let (model, limit) = (tuned.model, tuned.overrides.limit);
+        let set = tokio::task::spawn_blocking(move || {
+            let set = engine::plan(&model, limit);
+            drop(permit);
+            set
+        })
+        .await
+        .map_err(|e| Status::internal(format!("planning failed: {e}")))?;
         let set = convert::set_to_proto(&set);
         Ok(pb::GetRecommendationsResponse {
             set: Some(if full { set } else { convert::basic_view(&set) }),
             computed_fresh: true,
             generation: 0,
+            data_at_unix_ms: tuned.data_at_ms,
+            age_ms: tuned.age_ms,
         })
     }
 
-    /// `GetRecommendations` answered with encoded bytes: the cached response as it is, or a
-    /// fresh one encoded once.
+    /// `GetRecommendations` answered with encoded bytes: the cached response around the
+    /// cached set's bytes, or a fresh one encoded once.
     pub(super) async fn get_recommendations_encoded(
         &self,
         req: &pb::GetRecommendationsRequest,
-    ) -> Result<prost::bytes::Bytes, Status> {
+    ) -> Result<Encoded, Status> {
         let t = Timer::start("GetRecommendations");
         let r = match self.cached_recommendations(req) {
-            Ok(Some(hit)) => Ok(hit.encoded),
+            Ok(Some(encoded)) => Ok(encoded),
             Ok(None) => self
                 .fresh_recommendations(req)
                 .await
-                .map(|resp| prost::Message::encode_to_vec(&resp).into()),
+                .map(|resp| vec![prost::Message::encode_to_vec(&resp).into()]),
             Err(e) => Err(e),
         };
         t.done(r)
     }
 
-    /// Builds the cluster model with the request's overrides applied (off the async threads).
+    /// `WatchRecommendations`, its messages encoded: first the cached set of every cluster
+    /// asked for, then every recomputation. Only `Arc` handles of the cached sets are taken
+    /// under the state lock; each first message is written around the cached bytes when the
+    /// client reads it, so a watcher that does not read holds no copy of any set.
+    pub(super) fn watch_recommendations_encoded(
+        &self,
+        req: &pb::WatchRecommendationsRequest,
+    ) -> Result<EncodedStream, Status> {
+        let t = Timer::start("WatchRecommendations");
+        let filter = req.cluster.clone();
+        let every = req.every_recompute;
+        let full = match full_view(req.view) {
+            Ok(full) => full,
+            Err(e) => return t.done(Err(e)),
+        };
+        // Subscribe before reading the cache so no change falls in between.
+        let rx = self.shared.changes.subscribe();
+        let initial: Vec<Arc<Cached>> = {
+            let state = self.shared.read();
+            state
+                .cluster_names()
+                .into_iter()
+                .filter(|c| filter.is_empty() || *c == filter)
+                .filter_map(|c| state.cached(&c).cloned())
+                .collect()
+        };
+        let at_ms = wall_ms();
+        let first = futures_util::stream::iter(initial)
+            .map(move |cached| Ok(cached.watch_start(at_ms, full)));
+        let updates = broadcast_stream(rx, self.shared.clone(), move |n: &super::Notice| {
+            (every || n.changed) && (filter.is_empty() || n.event.cluster == filter)
+        })
+        .map(move |r| r.map(|n| n.encoded(full)));
+        let stream = first
+            .chain(updates)
+            .take_until(self.shared.shutdown.clone().cancelled_owned());
+        t.done(Ok(Box::pin(stream) as EncodedStream))
+    }
+
+    /// Builds the cluster model with the request's overrides applied.
     async fn tuned_cluster(
         &self,
         cluster: &str,
         overrides: Option<&pb::Overrides>,
         limit: u32,
-    ) -> Result<(engine::Cluster, engine::Overrides), Status> {
+    ) -> Result<Tuned, Status> {
         let ov = convert::overrides_from_proto(overrides, limit).map_err(bad_override)?;
-        let view = {
+        let (view, data_at_ms) = {
             let state = self.shared.read();
             if !state.knows(cluster) {
                 return Err(unknown_cluster(&self.shared, &state, cluster));
             }
-            state.view(cluster, wall_ms())
-        }
-        .ok_or_else(|| Status::unavailable(format!("cluster {cluster:?}: no snapshot yet")))?;
+            (state.view(cluster, wall_ms()), state.data_time_ms(cluster))
+        };
+        let (Some(view), Some(data_at_ms)) = (view, data_at_ms) else {
+            return Err(Status::unavailable(format!(
+                "cluster {cluster:?}: no snapshot yet"
+            )));
+        };
+        let age_ms = self.fresh_enough(cluster, data_at_ms)?;
         let mut model = view
             .validate()
             .map_err(|e| Status::internal(format!("cluster view: {e}")))?;
         model.apply(&ov).map_err(bad_override)?;
-        Ok((model, ov))
+        Ok(Tuned {
+            model,
+            overrides: ov,
+            data_at_ms,
+            age_ms,
+        })
     }
+}
+
+/// Decodes an encoded message (the typed methods' view of the encoded routes).
+fn decoded<T: prost::Message + Default>(encoded: Encoded) -> Result<T, Status> {
+    T::decode(encoded.concat().as_slice())
+        .map_err(|e| Status::internal(format!("encoding an answer: {e}")))
 }
 
 #[tonic::async_trait]
@@ -237,18 +340,9 @@ impl Recommender for Service {
         &self,
         request: Request<pb::GetRecommendationsRequest>,
     ) -> Result<Response<pb::GetRecommendationsResponse>, Status> {
-        let t = Timer::start("GetRecommendations");
-        let req = request.into_inner();
-        let r = match self.cached_recommendations(&req) {
-            Ok(Some(hit)) => Ok(pb::GetRecommendationsResponse {
-                set: Some(convert::in_view(&hit.full_set, hit.full)),
-                computed_fresh: false,
-                generation: hit.generation,
-            }),
-            Ok(None) => self.fresh_recommendations(&req).await,
-            Err(e) => Err(e),
-        };
-        t.done(r.map(Response::new))
+        // Served by the encoded route (super::encoded); this typed form decodes its bytes.
+        let encoded = self.get_recommendations_encoded(request.get_ref()).await?;
+        decoded(encoded).map(Response::new)
     }
 
     async fn get_migration_options(
@@ -262,10 +356,11 @@ impl Recommender for Service {
             if req.vmid == 0 {
                 return Err(Status::invalid_argument("vmid: expected a guest id ≥ 1"));
             }
-            let (model, _) = self
+            let _permit = self.fresh_permit()?;
+            let tuned = self
                 .tuned_cluster(&req.cluster, req.overrides.as_ref(), 0)
                 .await?;
-            let options = engine::migration_options(&model, req.vmid)
+            let options = engine::migration_options(&tuned.model, req.vmid)
                 .map_err(|e| Status::not_found(e.to_string()))?;
             Ok(Response::new(pb::GetMigrationOptionsResponse {
                 options: Some(convert::options_to_proto(&options)),
@@ -281,46 +376,11 @@ impl Recommender for Service {
         &self,
         request: Request<pb::WatchRecommendationsRequest>,
     ) -> Result<Response<Self::WatchRecommendationsStream>, Status> {
-        let t = Timer::start("WatchRecommendations");
-        let req = request.into_inner();
-        let filter = req.cluster;
-        let every = req.every_recompute;
-        let full = match full_view(req.view) {
-            Ok(full) => full,
-            Err(e) => return t.done(Err(e)),
-        };
-        // Subscribe before reading the cache so no change falls in between.
-        let rx = self.shared.changes.subscribe();
-        let initial: Vec<pb::RecommendationsChanged> = {
-            let state = self.shared.read();
-            state
-                .cluster_names()
-                .into_iter()
-                .filter(|c| filter.is_empty() || *c == filter)
-                .filter_map(|c| {
-                    let cached = state.cached(&c)?;
-                    Some(pb::RecommendationsChanged {
-                        cluster: c.clone(),
-                        at_unix_ms: wall_ms(),
-                        generation: cached.generation,
-                        added_vmids: cached.full.recommendations.iter().map(|r| r.vmid).collect(),
-                        removed_vmids: Vec::new(),
-                        changed_vmids: Vec::new(),
-                        recommendations: Some(convert::in_view(&cached.full, full)),
-                        cycle: cached.cycle,
-                    })
-                })
-                .collect()
-        };
-        let shared = self.shared.clone();
-        let updates = broadcast_stream(rx, shared.clone(), move |n: &super::Notice| {
-            (every || n.changed) && (filter.is_empty() || n.event.cluster == filter)
-        })
-        .map(move |r| r.map(|n| n.event_in(full)));
-        let stream = futures_util::stream::iter(initial.into_iter().map(Ok))
-            .chain(updates)
-            .take_until(shared.shutdown.clone().cancelled_owned());
-        t.done(Ok(Response::new(Box::pin(stream) as WatchStream<_>)))
+        // Served by the encoded route (super::encoded); this typed form decodes its bytes.
+        let stream = self
+            .watch_recommendations_encoded(request.get_ref())?
+            .map(|r| r.and_then(decoded));
+        Ok(Response::new(Box::pin(stream) as WatchStream<_>))
     }
 
     type WatchEventsStream = WatchStream<pb::OverloadEvent>;
@@ -353,6 +413,8 @@ impl Recommender for Service {
                 return Err(unknown_cluster(&self.shared, &state, &cluster));
             }
             let s = state.settings();
+            let st = &self.shared.config.state;
+            let secs = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
             let map = s.config.to_map();
             let config_json = serde_json::to_string(&serde_json::json!({
                 "penalty_config": map,
@@ -381,10 +443,11 @@ impl Recommender for Service {
                     .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
                     .collect(),
                 config_json,
-                replay_window_s: i64::try_from(self.shared.config.state.replay_window_s)
-                    .unwrap_or(i64::MAX),
-                staleness_limit_s: i64::try_from(self.shared.config.state.staleness_s)
-                    .unwrap_or(i64::MAX),
+                replay_window_s: secs(st.replay_window_s),
+                staleness_limit_s: secs(st.staleness_s),
+                max_clock_skew_s: secs(st.max_clock_skew_s),
+                max_answer_age_s: secs(st.max_answer_age_s),
+                retention_s: secs(st.retention_s),
             }))
         })();
         t.done(r)
@@ -449,7 +512,16 @@ pub async fn serve(
         token.cancel();
         return;
     };
+    // Resource limits (grpc.*): a call's time to its answer, calls at once per connection,
+    // streams per connection, and keepalive pings that find vanished peers (and end their
+    // watch streams).
+    let g = &shared.config.grpc;
     let router = builder
+        .timeout(Duration::from_millis(g.request_timeout_ms))
+        .concurrency_limit_per_connection(g.concurrency_limit_per_connection)
+        .max_concurrent_streams(g.max_concurrent_streams)
+        .http2_keepalive_interval(Some(Duration::from_millis(g.keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(g.keepalive_timeout_ms)))
         .trace_fn(grpc_request_span)
         .add_service(health)
         .add_optional_service(reflection_v1)

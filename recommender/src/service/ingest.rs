@@ -15,7 +15,7 @@ use proxbalance_proto::subjects::Subjects;
 use tokio::sync::mpsc;
 
 use super::{Outgoing, Shared, metric, wall_ms};
-use crate::state::Ingested;
+use crate::state::{Arrival, Ingested};
 
 /// How long the snapshot consumer may make no progress before the stream is asked whether
 /// it should have (see the stall check in [`ingest_loop`]).
@@ -92,9 +92,26 @@ fn ingest_span(msg: &Message, replaying: bool) -> tracing::Span {
     span
 }
 
+/// When `msg` arrived: now, and when the stream stored it (now when unknown).
+fn arrival(msg: &Message) -> Arrival {
+    let wall = wall_ms();
+    let stored_ms = msg
+        .info()
+        .ok()
+        .and_then(|i| i64::try_from(i.published.unix_timestamp_nanos() / 1_000_000).ok())
+        .unwrap_or(wall);
+    Arrival {
+        wall_ms: wall,
+        stored_ms,
+    }
+}
+
 /// Applies one message; returns the cluster and cycle it completed.
 fn apply(shared: &Shared, msg: &Message) -> Option<(String, u64)> {
-    let result = shared.write().ingest(msg.subject.as_str(), &msg.payload);
+    let at = arrival(msg);
+    let result = shared
+        .write()
+        .ingest(msg.subject.as_str(), &msg.payload, at);
     match result {
         Ok(Ingested::Snapshot {
             cluster,

@@ -10,6 +10,7 @@ mod encoded;
 mod events;
 mod grpc;
 mod ingest;
+mod maintenance;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +25,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::state::{State, StateSettings};
+use crate::state::{Cached, Encoded, State, StateSettings};
 
 pub use events::Outgoing;
 
@@ -46,6 +47,9 @@ pub mod metric {
     pub const EVENTS_FAILED: &str = "proxbalance_recommender_event_publish_failures_total";
     /// Gauge: 1 while the start-up replay runs.
     pub const REPLAYING: &str = "proxbalance_recommender_replaying";
+    /// Gauge: a cluster's collector clock minus NATS' at its last snapshot or status, seconds
+    /// (positive: ahead), by cluster.
+    pub const CLOCK_SKEW: &str = "proxbalance_recommender_clock_skew_seconds";
 }
 
 /// Why the service could not start or stopped with an error.
@@ -96,28 +100,25 @@ pub fn wall_ms() -> i64 {
 pub struct Notice {
     /// The event without its set (empty lists when nothing changed).
     pub event: Arc<pb::RecommendationsChanged>,
-    /// The set, full.
-    pub full: Arc<pb::RecommendationSet>,
-    /// Its basic view, built by the first of the NATS event and the watchers that needs it
-    /// and shared by the rest.
-    basic: Arc<std::sync::OnceLock<pb::RecommendationSet>>,
+    /// The cached set it computed, with both views encoded: watchers send those bytes.
+    pub cached: Arc<Cached>,
     /// Whether the moves changed.
     pub changed: bool,
 }
 
 impl Notice {
-    /// The event carrying its set in the full or the basic view.
+    /// The event carrying its set in the full or the basic view, as a message.
     pub fn event_in(&self, full: bool) -> pb::RecommendationsChanged {
         pb::RecommendationsChanged {
-            recommendations: Some(if full {
-                (*self.full).clone()
-            } else {
-                self.basic
-                    .get_or_init(|| crate::convert::basic_view(&self.full))
-                    .clone()
-            }),
+            recommendations: Some(crate::convert::in_view(&self.cached.full, full)),
             ..(*self.event).clone()
         }
+    }
+
+    /// The event carrying its set in the full or the basic view, encoded around the cached
+    /// set's bytes.
+    pub fn encoded(&self, full: bool) -> Encoded {
+        crate::state::cache::encoded_change(&self.event, self.cached.set_bytes(full))
     }
 }
 
@@ -155,7 +156,10 @@ impl Shared {
     pub fn recompute(&self, cluster: &str, cycle: u64) -> Option<Notice> {
         let started = Instant::now();
         let now = wall_ms();
-        let view = self.read().view(cluster, now)?;
+        let (view, data_at_ms) = {
+            let state = self.read();
+            (state.view(cluster, now)?, state.data_time_ms(cluster)?)
+        };
         let cluster_model = match view.validate() {
             Ok(c) => c,
             Err(e) => {
@@ -165,11 +169,11 @@ impl Shared {
         };
         let set = engine::plan(&cluster_model, None);
         let recs = set.recommendations.len();
-        let (event, changed, full) = {
+        let (event, changed, cached) = {
             let mut state = self.write();
-            let (event, changed) = state.store_set(set, now, cycle);
-            let full = state.cached(cluster)?.full.clone();
-            (event, changed, full)
+            let (event, changed) = state.store_set(set, now, cycle, data_at_ms);
+            let cached = state.cached(cluster)?.clone();
+            (event, changed, cached)
         };
         let elapsed = started.elapsed();
         metrics::histogram!(metric::RECOMPUTE_DURATION, "cluster" => cluster.to_owned())
@@ -184,8 +188,7 @@ impl Shared {
         );
         let notice = Notice {
             event: Arc::new(event),
-            full,
-            basic: Arc::default(),
+            cached,
             changed,
         };
         let _ = self.changes.send(notice.clone());
@@ -196,13 +199,15 @@ impl Shared {
 /// The settings of the state for a configuration.
 pub fn state_settings(config: &Config) -> Result<StateSettings, ConfigError> {
     let (penalties, thresholds) = config.engine.resolve()?;
+    let ms = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
     Ok(StateSettings {
         subjects: config.subjects()?,
-        staleness_ms: i64::try_from(config.state.staleness_s.saturating_mul(1000))
-            .unwrap_or(i64::MAX),
+        staleness_ms: ms(config.state.staleness_s),
         overload: config.overload.clone(),
         config: penalties,
         thresholds,
+        max_clock_skew_ms: ms(config.state.max_clock_skew_s),
+        retention_ms: ms(config.state.retention_s),
     })
 }
 
@@ -305,6 +310,7 @@ pub async fn start(
     reporter
         .set_service_status(LIVENESS_SERVICE, tonic_health::ServingStatus::Serving)
         .await;
+    tasks.spawn("maintenance", maintenance::maintenance_loop(shared.clone()));
     tasks.spawn(
         "health",
         health_loop(shared.clone(), nats.clone(), reporter),

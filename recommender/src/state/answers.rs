@@ -68,6 +68,7 @@ impl State {
                     overloaded: n.overload.raised().into_iter().map(|r| r as i32).collect(),
                     hourly_samples: n.window.hourly(data_now).len() as u32,
                     raw_samples: n.window.raw().count() as u32,
+                    missed_cycle: !n.current,
                 })
             })
             .collect();
@@ -75,6 +76,7 @@ impl State {
             cluster: cluster.to_owned(),
             nodes,
             last_status: c.status.clone(),
+            clock_skew_ms: c.clock_skew_ms,
         })
     }
 }

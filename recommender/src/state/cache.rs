@@ -1,35 +1,69 @@
-//! The cached recommendation set of each cluster: the full set as messages and the
-//! `GetRecommendationsResponse` encoded once in both views, with a generation that increases
-//! when the moves change.
+//! The cached recommendation set of each cluster: the full set as messages and both views
+//! encoded once, with a generation that increases when the moves change. Answers and watch
+//! messages are written around the encoded set ([`Encoded`]), never by cloning it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use prost::Message as _;
+use prost::bytes::Bytes;
 use proxbalance_engine as engine;
 use proxbalance_proto::v1 as pb;
 
 use super::State;
 use crate::convert;
 
-/// The encoded `GetRecommendationsResponse` of a cached set (`computed_fresh` false), written
-/// field by field so that the set, up to a megabyte of messages, is not cloned into a response
-/// message first.
-fn cached_response(set: &pb::RecommendationSet, generation: u64) -> prost::bytes::Bytes {
-    use prost::Message;
+/// An encoded message in pieces, sent one after the other: the set's bytes, shared by every
+/// answer and watcher, are not copied into a buffer per answer.
+pub type Encoded = Vec<Bytes>;
+
+/// The key and length of a length-delimited field `tag` holding `len` bytes.
+fn field_head(tag: u32, len: usize) -> Bytes {
+    let mut head = Vec::with_capacity(8);
+    prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, &mut head);
+    prost::encoding::encode_varint(len as u64, &mut head);
+    head.into()
+}
+
+/// The encoded `GetRecommendationsResponse` of `set` (the encoded set message) with the
+/// given generation, data time and age (`computed_fresh` false): the set's bytes are shared,
+/// not copied.
+pub fn encoded_response(set: &Bytes, generation: u64, data_at_ms: i64, age_ms: i64) -> Encoded {
     // Field numbers of `GetRecommendationsResponse` (recommender.proto).
     const SET: u32 = 1;
     const GENERATION: u32 = 3;
-    let mut buf = Vec::with_capacity(set.encoded_len() + 16);
-    prost::encoding::message::encode(SET, set, &mut buf);
+    const DATA_AT: u32 = 4;
+    const AGE: u32 = 5;
+    let mut tail = Vec::with_capacity(32);
     if generation != 0 {
-        prost::encoding::uint64::encode(GENERATION, &generation, &mut buf);
+        prost::encoding::uint64::encode(GENERATION, &generation, &mut tail);
     }
-    buf.into()
+    if data_at_ms != 0 {
+        prost::encoding::int64::encode(DATA_AT, &data_at_ms, &mut tail);
+    }
+    if age_ms != 0 {
+        prost::encoding::int64::encode(AGE, &age_ms, &mut tail);
+    }
+    vec![field_head(SET, set.len()), set.clone(), tail.into()]
 }
 
-/// A cached recommendation set. Only the full set is kept as messages; its basic view
-/// ([`convert::basic_view`]) is kept encoded, and built again when a watcher needs it.
-#[derive(Debug, Clone)]
+/// The encoded `RecommendationsChanged` of `event` (whose `recommendations` is empty) carrying
+/// `set` (the encoded set message) as its `recommendations`.
+pub fn encoded_change(event: &pb::RecommendationsChanged, set: &Bytes) -> Encoded {
+    // Field number of `RecommendationsChanged.recommendations` (events.proto).
+    const RECOMMENDATIONS: u32 = 7;
+    debug_assert!(event.recommendations.is_none());
+    vec![
+        event.encode_to_vec().into(),
+        field_head(RECOMMENDATIONS, set.len()),
+        set.clone(),
+    ]
+}
+
+/// A cached recommendation set. The full set is kept as messages (its moves are compared with
+/// the next set's); both views are kept encoded, and every answer and watch message is built
+/// from those bytes.
+#[derive(Debug)]
 pub struct Cached {
     /// The set, converted once for gRPC.
     pub full: Arc<pb::RecommendationSet>,
@@ -37,22 +71,46 @@ pub struct Cached {
     pub generation: u64,
     /// The collection cycle the set was computed on.
     pub cycle: u64,
-    /// The `GetRecommendationsResponse` for this set in the full and in the basic view,
-    /// encoded once: served as they are to every request without overrides, so a busy
-    /// recommender does not re-encode the same megabyte.
-    pub encoded_full: prost::bytes::Bytes,
-    /// See `encoded_full`.
-    pub encoded_basic: prost::bytes::Bytes,
+    /// The newest snapshot the set was computed from (the data's own clock), unix ms: what an
+    /// answer's age is measured from.
+    pub data_at_ms: i64,
+    /// The set message in the full view, encoded once.
+    pub set_full: Bytes,
+    /// The set message in the basic view ([`convert::basic_view`]), encoded once.
+    pub set_basic: Bytes,
 }
 
 impl Cached {
-    /// The encoded `GetRecommendationsResponse` in the full or the basic view.
-    pub fn encoded(&self, full: bool) -> &prost::bytes::Bytes {
+    /// The encoded set in the full or the basic view.
+    pub fn set_bytes(&self, full: bool) -> &Bytes {
         if full {
-            &self.encoded_full
+            &self.set_full
         } else {
-            &self.encoded_basic
+            &self.set_basic
         }
+    }
+
+    /// The encoded `GetRecommendationsResponse` in the full or the basic view, `age_ms` old.
+    pub fn response(&self, full: bool, age_ms: i64) -> Encoded {
+        encoded_response(
+            self.set_bytes(full),
+            self.generation,
+            self.data_at_ms,
+            age_ms,
+        )
+    }
+
+    /// The first message of a watch: the set as a change from nothing (every move added).
+    pub fn watch_start(&self, at_ms: i64, full: bool) -> Encoded {
+        let event = pb::RecommendationsChanged {
+            cluster: self.full.cluster.clone(),
+            at_unix_ms: at_ms,
+            generation: self.generation,
+            added_vmids: self.full.recommendations.iter().map(|r| r.vmid).collect(),
+            cycle: self.cycle,
+            ..Default::default()
+        };
+        encoded_change(&event, self.set_bytes(full))
     }
 }
 
@@ -65,6 +123,7 @@ impl State {
         set: engine::RecommendationSet,
         at_ms: i64,
         cycle: u64,
+        data_at_ms: i64,
     ) -> (pb::RecommendationsChanged, bool) {
         let c = self.clusters.entry(set.cluster.clone()).or_default();
         let full = Arc::new(convert::set_to_proto(&set));
@@ -110,18 +169,19 @@ impl State {
                 cycle,
             }
         };
-        c.cached = Some(Cached {
-            encoded_full: cached_response(&full, generation),
-            encoded_basic: cached_response(&convert::basic_view(&full), generation),
+        c.cached = Some(Arc::new(Cached {
+            set_full: full.encode_to_vec().into(),
+            set_basic: convert::basic_view(&full).encode_to_vec().into(),
             full,
             generation,
             cycle,
-        });
+            data_at_ms,
+        }));
         (event, changed)
     }
 
     /// The cached set of a cluster.
-    pub fn cached(&self, cluster: &str) -> Option<&Cached> {
+    pub fn cached(&self, cluster: &str) -> Option<&Arc<Cached>> {
         self.clusters.get(cluster)?.cached.as_ref()
     }
 }
@@ -138,18 +198,18 @@ mod tests {
             .validate()
             .unwrap();
         let set = engine::plan(&cluster, None);
-        let (e1, changed) = st.store_set(set.clone(), 1, 1);
+        let (e1, changed) = st.store_set(set.clone(), 1, 1, 1);
         assert!(changed);
         assert_eq!(e1.generation, 1);
         assert_eq!(e1.cycle, 1);
         assert_eq!(e1.added_vmids.len(), set.recommendations.len());
-        let (same, changed) = st.store_set(set.clone(), 2, 2);
+        let (same, changed) = st.store_set(set.clone(), 2, 2, 2);
         assert!(!changed);
         assert_eq!((same.generation, same.cycle), (1, 2));
         assert!(same.added_vmids.is_empty() && same.removed_vmids.is_empty());
         let mut fewer = set.clone();
         let gone = fewer.recommendations.pop().unwrap().vmid;
-        let (e2, changed) = st.store_set(fewer, 3, 3);
+        let (e2, changed) = st.store_set(fewer, 3, 3, 3);
         assert!(changed);
         assert_eq!(e2.generation, 2);
         assert_eq!(e2.removed_vmids, vec![gone]);
@@ -158,23 +218,44 @@ mod tests {
     }
 
     #[test]
-    fn cached_responses_decode_to_the_response_message() {
+    fn encoded_answers_decode_to_their_messages() {
         let cluster = engine::synthetic::cluster_view(6, 60, 3)
             .validate()
             .unwrap();
         let set = convert::set_to_proto(&engine::plan(&cluster, None));
-        for generation in [0, 1, u64::MAX] {
-            let bytes = cached_response(&set, generation);
+        let set_bytes: Bytes = set.encode_to_vec().into();
+        let join = |e: Encoded| -> Vec<u8> { e.concat() };
+        for (generation, data_at_ms, age_ms) in [(0, 0, 0), (1, T0, 1500), (u64::MAX, -1, i64::MAX)]
+        {
+            let bytes = join(encoded_response(&set_bytes, generation, data_at_ms, age_ms));
             let expected = pb::GetRecommendationsResponse {
                 set: Some(set.clone()),
                 computed_fresh: false,
                 generation,
+                data_at_unix_ms: data_at_ms,
+                age_ms,
             };
             assert_eq!(
-                <pb::GetRecommendationsResponse as prost::Message>::decode(bytes.clone()).unwrap(),
+                pb::GetRecommendationsResponse::decode(bytes.as_slice()).unwrap(),
                 expected
             );
-            assert_eq!(bytes, prost::Message::encode_to_vec(&expected));
+            assert_eq!(bytes, expected.encode_to_vec());
         }
+        let event = pb::RecommendationsChanged {
+            cluster: "c".into(),
+            at_unix_ms: T0,
+            generation: 3,
+            added_vmids: vec![100, 200],
+            cycle: 7,
+            ..Default::default()
+        };
+        let bytes = join(encoded_change(&event, &set_bytes));
+        assert_eq!(
+            pb::RecommendationsChanged::decode(bytes.as_slice()).unwrap(),
+            pb::RecommendationsChanged {
+                recommendations: Some(set.clone()),
+                ..event
+            }
+        );
     }
 }

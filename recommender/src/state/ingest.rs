@@ -10,11 +10,12 @@ use proxbalance_proto::codec;
 use proxbalance_proto::subjects::Subject;
 use proxbalance_proto::v1 as pb;
 
-use super::State;
 use super::validate::{
-    Problem, Rejection, check_match, reject, validate_history, validate_snapshot, validate_status,
+    Problem, Rejection, check_history_not_ahead, check_match, check_not_ahead, reject,
+    validate_history, validate_snapshot, validate_status,
 };
 use super::view::{history_samples, sample_of};
+use super::{Arrival, State};
 
 /// What a message did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,35 +53,81 @@ pub(super) struct AwaitingHistories {
 }
 
 impl State {
-    /// Checks and applies one message.
-    pub fn ingest(&mut self, subject: &str, payload: &[u8]) -> Result<Ingested, Rejection> {
+    /// Checks and applies one message, arrived at `at`.
+    pub fn ingest(
+        &mut self,
+        subject: &str,
+        payload: &[u8],
+        at: Arrival,
+    ) -> Result<Ingested, Rejection> {
         match self.settings.subjects.parse(subject)? {
             Subject::Snapshot { cluster, node } => {
                 let s = codec::decode_snapshot(payload)?;
                 check_match("cluster", &cluster, &s.cluster)?;
                 check_match("node", &node, &s.node)?;
                 validate_snapshot(&s)?;
+                let sent_ms = s.observed_at_unix_ms;
+                self.check_clock(&s.cluster, sent_ms, "observed_at_unix_ms", at)?;
                 if self.already_applied(&s) {
                     return Ok(Ingested::Ignored);
                 }
                 self.check_guests_unclaimed(&s)?;
-                Ok(self.apply_snapshot(s))
+                let cluster = s.cluster.clone();
+                let applied = self.apply_snapshot(s);
+                self.note_clock(&cluster, sent_ms, at);
+                Ok(applied)
             }
             Subject::History { cluster, node } => {
                 let h = codec::decode_history(payload)?;
                 check_match("cluster", &cluster, &h.cluster)?;
                 check_match("node", &node, &h.node)?;
                 validate_history(&h)?;
+                check_history_not_ahead(&h, at.wall_ms, self.settings.max_clock_skew_ms)?;
                 Ok(self.apply_history(&h))
             }
             Subject::ClusterStatus { cluster } => {
                 let st = codec::decode_cluster_status(payload)?;
                 check_match("cluster", &cluster, &st.cluster)?;
                 validate_status(&st)?;
-                Ok(self.apply_status(st))
+                let sent_ms = st.collected_at_unix_ms;
+                self.check_clock(&st.cluster, sent_ms, "collected_at_unix_ms", at)?;
+                let cluster = st.cluster.clone();
+                let applied = self.apply_status(st);
+                self.note_clock(&cluster, sent_ms, at);
+                Ok(applied)
             }
             Subject::Overload { .. } | Subject::Recommendations { .. } => Ok(Ingested::Ignored),
         }
+    }
+
+    /// Records the clock skew of a known cluster's collector: the message's own time minus
+    /// when NATS stored it.
+    fn note_clock(&mut self, cluster: &str, sent_ms: i64, at: Arrival) {
+        if let Some(c) = self.clusters.get_mut(cluster) {
+            c.clock_skew_ms = Some(sent_ms.saturating_sub(at.stored_ms));
+        }
+    }
+
+    /// Refuses a message sent (by its own clock) more than the allowed skew after the wall
+    /// clock, noting the skew of its cluster's collector: that is when the figure matters most
+    /// (a refused message of an unknown cluster does not create it).
+    fn check_clock(
+        &mut self,
+        cluster: &str,
+        sent_ms: i64,
+        field: &'static str,
+        at: Arrival,
+    ) -> Result<(), Rejection> {
+        let ahead = check_not_ahead(
+            || field.to_owned(),
+            sent_ms,
+            at.wall_ms,
+            self.settings.max_clock_skew_ms,
+        );
+        if ahead.is_err() {
+            self.note_clock(cluster, sent_ms, at);
+        }
+        ahead
     }
 
     /// Whether `s` is the snapshot its node last reported again (same cycle).
@@ -136,10 +183,14 @@ impl State {
         if s.status == pb::NodeStatus::Online as i32 {
             node.window.record(sample_of(&s, prev_iowait));
         }
+        // A node's snapshots are ordered by cycle (the collector's cycle ids only increase,
+        // even when its clock steps back) or, across a collector restart after such a step,
+        // by observation time: the newer by either replaces the latest. A copy of an older
+        // cycle arriving late is older by both and only extends the window.
         if node
             .latest
             .as_ref()
-            .is_none_or(|l| l.observed_at_unix_ms <= s.observed_at_unix_ms)
+            .is_none_or(|l| s.cycle > l.cycle || s.observed_at_unix_ms > l.observed_at_unix_ms)
         {
             if let Some(old) = &node.latest {
                 for g in &old.guests {
@@ -152,6 +203,7 @@ impl State {
                 c.claims.insert(g.vmid, s.node.clone());
             }
             node.latest = Some(s);
+            node.current = true;
         }
         // The cycle is complete when every node of the last status has sent this cycle.
         let completed = match &c.status {
@@ -166,8 +218,8 @@ impl State {
             }
             _ => None,
         };
-        if completed.is_some() {
-            c.completed_cycle = completed;
+        if let Some(cycle) = completed {
+            c.complete(cycle);
             // A newer cycle completed: the histories still awaited are not coming.
             c.awaiting = None;
         }
@@ -193,8 +245,8 @@ impl State {
         {
             completed = (c.completed_cycle != Some(w.cycle)).then_some(w.cycle);
             c.awaiting = None;
-            if completed.is_some() {
-                c.completed_cycle = completed;
+            if let Some(cycle) = completed {
+                c.complete(cycle);
             }
         }
         Ingested::History {
@@ -233,8 +285,8 @@ impl State {
             completed = None;
         }
         c.status = Some(st);
-        if completed.is_some() {
-            c.completed_cycle = completed;
+        if let Some(cycle) = completed {
+            c.complete(cycle);
         }
         Ingested::Status { cluster, completed }
     }
@@ -244,6 +296,7 @@ impl State {
 mod tests {
     use super::super::test_support::*;
     use super::*;
+    use proxbalance_engine::NodeStatus;
     use proxbalance_proto::subjects::Subjects;
 
     #[test]
@@ -251,7 +304,7 @@ mod tests {
         let mut st = State::new(settings());
         let subj = Subjects::default();
         let e = st
-            .ingest(&subj.snapshot("c", "a"), &[0xff, 0xff])
+            .ingest(&subj.snapshot("c", "a"), &[0xff, 0xff], at_t0())
             .unwrap_err();
         assert_eq!(e.label(), "decode");
         let mut s = snap("a", 1, T0, 0.5);
@@ -260,7 +313,11 @@ mod tests {
         assert_eq!(e.label(), "schema_version");
         let s = snap("b", 1, T0, 0.5);
         let e = st
-            .ingest(&subj.snapshot("c", "a"), &proxbalance_proto::encode(&s))
+            .ingest(
+                &subj.snapshot("c", "a"),
+                &proxbalance_proto::encode(&s),
+                at_t0(),
+            )
             .unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -277,9 +334,117 @@ mod tests {
             "guests[0].disk_read_bps: expected a number ≥ 0"
         );
         assert_eq!(e.label(), "negative_value");
-        let e = st.ingest("other.v1.snapshot.c.a", &[]).unwrap_err();
+        let e = st
+            .ingest("other.v1.snapshot.c.a", &[], at_t0())
+            .unwrap_err();
         assert_eq!(e.label(), "subject");
         assert!(st.cluster_names().is_empty());
+    }
+
+    #[test]
+    fn messages_from_the_future_are_refused_and_do_not_freeze_the_cluster() {
+        let mut st = State::new(settings());
+        let subj = Subjects::default();
+        for n in ["a", "b"] {
+            ingest_snap(&mut st, &snap(n, 1, T0, 0.5)).unwrap();
+        }
+        st.apply_status(status(1, &["a", "b"]));
+        // a's collector clock stepped a day ahead for one cycle: refused, and the skew noted.
+        let wall = T0 + 10_000;
+        let ahead = snap("a", 2, T0 + DAY_MS, 0.5);
+        assert_eq!(
+            refusal(ingest_snap_at(&mut st, &ahead, wall)),
+            "future_time | observed_at_unix_ms: 86390000 ms ahead of the recommender's clock \
+             (at most 30000 ms allowed: state.max_clock_skew_s)"
+        );
+        assert_eq!(
+            st.cluster_state("c", wall).unwrap().clock_skew_ms,
+            Some(DAY_MS - 10_000)
+        );
+        // So is a history or status of that clock.
+        let h = history("a", T0 + DAY_MS);
+        assert_eq!(
+            refusal(ingest_at(
+                &mut st,
+                &subj.history("c", "a"),
+                &h,
+                Arrival::at(wall)
+            )),
+            "future_time | collected_at_unix_ms: 86390000 ms ahead of the recommender's clock \
+             (at most 30000 ms allowed: state.max_clock_skew_s)"
+        );
+        let mut h = history("a", T0);
+        h.day[0].time_unix_ms = T0 + 3_600_000;
+        assert_eq!(
+            refusal(ingest_at(
+                &mut st,
+                &subj.history("c", "a"),
+                &h,
+                Arrival::at(wall)
+            )),
+            "future_time | day[0].time_unix_ms: 3590000 ms ahead of the recommender's clock \
+             (at most 30000 ms allowed: state.max_clock_skew_s)"
+        );
+        let mut s2 = status(2, &["a", "b"]);
+        s2.collected_at_unix_ms = T0 + DAY_MS;
+        assert_eq!(
+            refusal(ingest_at(
+                &mut st,
+                &subj.cluster_status("c"),
+                &s2,
+                Arrival::at(wall)
+            ))
+            .split(" | ")
+            .next(),
+            Some("future_time")
+        );
+        // Within the allowed skew is accepted, and the skew measured against NATS' clock.
+        let mut a2 = snap("a", 2, wall + 20_000, 0.5);
+        a2.guests.clear();
+        let r = ingest_at(
+            &mut st,
+            &subj.snapshot("c", "a"),
+            &a2,
+            Arrival {
+                wall_ms: wall,
+                stored_ms: wall - 5_000,
+            },
+        );
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(
+            st.cluster_state("c", wall).unwrap().clock_skew_ms,
+            Some(25_000)
+        );
+        // The next cycles go on: nobody is stale, the view's clock is not in the future.
+        ingest_snap_at(&mut st, &snap("b", 2, wall, 0.5), wall).unwrap();
+        let view = st.view("c", wall).unwrap();
+        assert_eq!(view.now, (wall + 20_000) / 1000);
+        assert!(
+            view.nodes.iter().all(|n| n.status == NodeStatus::Online),
+            "{:?}",
+            view.nodes
+        );
+    }
+
+    #[test]
+    fn a_nodes_snapshots_are_ordered_by_cycle() {
+        let mut st = State::new(settings());
+        ingest_snap(&mut st, &snap("a", 5, T0, 0.5)).unwrap();
+        // The collector's clock stepped back a minute: its cycle ids still increase, and the
+        // newer cycle is the node's latest although observed "earlier".
+        ingest_snap(&mut st, &snap("a", 6, T0 - 60_000, 0.7)).unwrap();
+        let latest = |st: &State| {
+            let n = &st.cluster_state("c", T0).unwrap().nodes[0];
+            let s = n.latest.as_ref().unwrap();
+            (s.cycle, s.observed_at_unix_ms)
+        };
+        assert_eq!(latest(&st), (6, T0 - 60_000));
+        // A copy of an older cycle arriving late is older by both: it does not replace.
+        ingest_snap(&mut st, &snap("a", 4, T0 - 120_000, 0.1)).unwrap();
+        assert_eq!(latest(&st), (6, T0 - 60_000));
+        // A restarted collector after the step: lower cycle ids, later observations: newer.
+        ingest_snap(&mut st, &snap("a", 2, T0 + 10_000, 0.2)).unwrap();
+        assert_eq!(latest(&st), (2, T0 + 10_000));
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::config::OverloadConfig;
 use crate::overload::NodeOverload;
 use ingest::AwaitingHistories;
 
-pub use cache::Cached;
+pub use cache::{Cached, Encoded};
 pub use event_ids::{overload_event_id, recommendations_event_id};
 pub use ingest::Ingested;
 pub use validate::{Problem, Rejection, validate_snapshot};
@@ -52,6 +52,49 @@ pub struct StateSettings {
     pub config: PenaltyConfig,
     /// The thresholds of every view (and of overload detection).
     pub thresholds: Thresholds,
+    /// A message observed later than the wall clock plus this is refused, ms (a collector
+    /// whose clock is ahead must not drag its cluster's clock into the future).
+    pub max_clock_skew_ms: i64,
+    /// A node without a snapshot for this long, and then a cluster without nodes, is evicted
+    /// ([`State::sweep`]); an older history is not applied, ms.
+    pub retention_ms: i64,
+}
+
+impl Default for StateSettings {
+    /// The defaults of the service's configuration.
+    fn default() -> Self {
+        StateSettings {
+            subjects: Subjects::default(),
+            staleness_ms: 120_000,
+            overload: OverloadConfig::default(),
+            config: PenaltyConfig::default(),
+            thresholds: Thresholds::default(),
+            max_clock_skew_ms: 30_000,
+            retention_ms: 86_400_000,
+        }
+    }
+}
+
+/// When a message is applied, unix ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// The recommender's wall clock: a message observed after it plus
+    /// [`StateSettings::max_clock_skew_ms`] is refused.
+    pub wall_ms: i64,
+    /// When NATS stored the message (its JetStream timestamp): the sender's clock skew is its
+    /// observation time minus this, so a message replayed at start measures the skew it had
+    /// when it was published.
+    pub stored_ms: i64,
+}
+
+impl Arrival {
+    /// A message stored and applied at `ms`.
+    pub fn at(ms: i64) -> Self {
+        Arrival {
+            wall_ms: ms,
+            stored_ms: ms,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +106,11 @@ struct NodeState {
     evaluated_at_ms: Option<i64>,
     /// Collection time of the newest history applied.
     history_at_ms: Option<i64>,
+    /// Whether `latest` belongs to the cluster's last completed cycle or a later one. A node
+    /// whose snapshot of the completing cycle was refused or lost is neither source nor target
+    /// until it reports again (its previous snapshot may not be stale yet, but it is not
+    /// this cycle's).
+    current: bool,
 }
 
 #[derive(Debug, Default)]
@@ -72,10 +120,13 @@ struct ClusterState {
     completed_cycle: Option<u64>,
     /// Set while the last status' cycle waits for its histories.
     awaiting: Option<AwaitingHistories>,
-    cached: Option<Cached>,
+    cached: Option<std::sync::Arc<Cached>>,
     /// vmid → the node whose latest snapshot lists it (the last one applied, when several do),
     /// so the check that a guest is on one node per cycle does not scan every node.
     claims: HashMap<u32, String>,
+    /// The collector's clock minus NATS' at the last snapshot or status (accepted or refused
+    /// for being ahead), ms.
+    clock_skew_ms: Option<i64>,
 }
 
 impl ClusterState {
@@ -85,6 +136,15 @@ impl ClusterState {
             .values()
             .filter_map(|n| n.latest.as_ref().map(|s| s.observed_at_unix_ms))
             .max()
+    }
+
+    /// Records that `cycle` completed: the nodes whose latest snapshot is of another cycle
+    /// are no longer current.
+    fn complete(&mut self, cycle: u64) {
+        self.completed_cycle = Some(cycle);
+        for n in self.nodes.values_mut() {
+            n.current = n.latest.as_ref().is_some_and(|s| s.cycle == cycle);
+        }
     }
 }
 
@@ -119,6 +179,19 @@ impl State {
 
     fn is_stale(&self, latest_ms: i64, reference_ms: i64) -> bool {
         reference_ms - latest_ms > self.settings.staleness_ms
+    }
+
+    /// The newest observation of `cluster` (the data's own clock), unix ms.
+    pub fn data_time_ms(&self, cluster: &str) -> Option<i64> {
+        self.clusters.get(cluster)?.data_now_ms()
+    }
+
+    /// The clock skew of every cluster's collector (see [`ClusterState`]), ms.
+    pub fn clock_skews(&self) -> Vec<(String, i64)> {
+        self.clusters
+            .iter()
+            .filter_map(|(name, c)| Some((name.clone(), c.clock_skew_ms?)))
+            .collect()
     }
 
     /// Whether the cluster is known (some message named it).

@@ -4,20 +4,20 @@ use proxbalance_proto::SCHEMA_VERSION;
 use proxbalance_proto::subjects::Subjects;
 use proxbalance_proto::v1 as pb;
 
-use super::{Ingested, Rejection, State, StateSettings};
-use crate::config::OverloadConfig;
-use proxbalance_engine::{PenaltyConfig, Thresholds};
+use super::{Arrival, Ingested, Rejection, State, StateSettings};
 
 pub const T0: i64 = 1_764_230_400_000;
 
 pub fn settings() -> StateSettings {
     StateSettings {
-        subjects: Subjects::default(),
         staleness_ms: 60_000,
-        overload: OverloadConfig::default(),
-        config: PenaltyConfig::default(),
-        thresholds: Thresholds::default(),
+        ..StateSettings::default()
     }
+}
+
+/// A message stored and applied at `T0`.
+pub fn at_t0() -> Arrival {
+    Arrival::at(T0)
 }
 
 pub fn snap(node: &str, cycle: u64, at: i64, cpu: f64) -> pb::NodeSnapshot {
@@ -71,6 +71,7 @@ pub fn ingest_snap(st: &mut State, s: &pb::NodeSnapshot) -> Result<Ingested, Rej
     st.ingest(
         &Subjects::default().snapshot(&s.cluster, &s.node),
         &proxbalance_proto::encode(s),
+        Arrival::at(s.observed_at_unix_ms),
     )
 }
 
@@ -96,3 +97,37 @@ pub fn history(node: &str, at: i64) -> pb::NodeHistory {
 }
 
 pub const GIB: f64 = (1u64 << 30) as f64;
+
+/// Applies `msg` (a snapshot, history or status) on its subject at `at`.
+pub fn ingest_at<M: prost::Message>(
+    st: &mut State,
+    subject: &str,
+    msg: &M,
+    at: Arrival,
+) -> Result<Ingested, Rejection> {
+    st.ingest(subject, &proxbalance_proto::encode(msg), at)
+}
+
+/// Applies `s` as NATS would deliver it at `wall_ms` (stored then too).
+pub fn ingest_snap_at(
+    st: &mut State,
+    s: &pb::NodeSnapshot,
+    wall_ms: i64,
+) -> Result<Ingested, Rejection> {
+    ingest_at(
+        st,
+        &Subjects::default().snapshot(&s.cluster, &s.node),
+        s,
+        Arrival::at(wall_ms),
+    )
+}
+
+/// The refusal of `r` as `label | message`.
+pub fn refusal(r: Result<Ingested, Rejection>) -> String {
+    match r {
+        Ok(ok) => panic!("accepted: {ok:?}"),
+        Err(e) => format!("{} | {e}", e.label()),
+    }
+}
+
+pub const DAY_MS: i64 = 86_400_000;

@@ -28,6 +28,8 @@ pub enum Problem {
     TooMany,
     /// A name or text longer than its limit.
     TooLong,
+    /// A time later than the recommender's clock plus the allowed skew.
+    AheadOfClock,
     /// Anything else no collector produces (empty name, vmid 0, unknown enum value, ...).
     Invalid,
 }
@@ -44,6 +46,7 @@ impl Problem {
             Problem::GuestOnTwoNodes => "guest_on_two_nodes",
             Problem::TooMany => "too_many_items",
             Problem::TooLong => "name_too_long",
+            Problem::AheadOfClock => "future_time",
             Problem::Invalid => "invalid_value",
         }
     }
@@ -448,5 +451,52 @@ pub fn validate_status(st: &pb::ClusterStatus) -> Result<(), Rejection> {
         &st.endpoint,
         limits::MAX_TEXT_BYTES,
     )?;
+    Ok(())
+}
+
+/// A time at most `skew_ms` after `wall_ms`.
+pub(super) fn check_not_ahead(
+    field: impl FnOnce() -> String,
+    t_ms: i64,
+    wall_ms: i64,
+    skew_ms: i64,
+) -> Result<(), Rejection> {
+    if t_ms.saturating_sub(wall_ms) > skew_ms {
+        Err(reject(
+            Problem::AheadOfClock,
+            field(),
+            format!(
+                "{} ms ahead of the recommender's clock (at most {skew_ms} ms allowed: \
+                 state.max_clock_skew_s)",
+                t_ms.saturating_sub(wall_ms)
+            ),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks that no time of a history (its collection, its points) is ahead of the clock.
+pub(super) fn check_history_not_ahead(
+    h: &pb::NodeHistory,
+    wall_ms: i64,
+    skew_ms: i64,
+) -> Result<(), Rejection> {
+    check_not_ahead(
+        || "collected_at_unix_ms".to_owned(),
+        h.collected_at_unix_ms,
+        wall_ms,
+        skew_ms,
+    )?;
+    for (series, points) in [("day", &h.day), ("week", &h.week)] {
+        for (i, p) in points.iter().enumerate() {
+            check_not_ahead(
+                || format!("{series}[{i}].time_unix_ms"),
+                p.time_unix_ms,
+                wall_ms,
+                skew_ms,
+            )?;
+        }
+    }
     Ok(())
 }

@@ -69,7 +69,9 @@ impl State {
             let stale = self.is_stale(s.observed_at_unix_ms, reference);
             let total_mem_gb = s.mem_total_bytes as f64 / GIB;
             let status = match pb::NodeStatus::try_from(s.status) {
-                Ok(pb::NodeStatus::Online) if !stale && total_mem_gb > 0.0 => NodeStatus::Online,
+                Ok(pb::NodeStatus::Online) if !stale && n.current && total_mem_gb > 0.0 => {
+                    NodeStatus::Online
+                }
                 Ok(pb::NodeStatus::Offline) => NodeStatus::Offline,
                 _ => NodeStatus::Unknown,
             };
@@ -225,6 +227,58 @@ mod tests {
         assert!(!st.has_fresh_data(T0)); // no cached set yet
         let v = st.view("c", T0 + 3_600_000).unwrap();
         assert!(v.nodes.iter().all(|n| n.status != NodeStatus::Online));
+    }
+
+    #[test]
+    fn only_nodes_of_the_completing_cycle_are_targets() {
+        let mut st = State::new(settings());
+        let d = |cycle, at, cpu| {
+            let mut s = snap("d", cycle, at, cpu);
+            s.guests[0].vmid = 300;
+            s
+        };
+        ingest_snap(&mut st, &snap("a", 1, T0, 0.5)).unwrap();
+        ingest_snap(&mut st, &snap("b", 1, T0, 0.5)).unwrap();
+        ingest_snap(&mut st, &d(1, T0, 0.5)).unwrap();
+        st.apply_status(status(1, &["a", "b", "d"]));
+        // Cycle 2: d's snapshot is refused (NaN); its cycle-1 snapshot is 10 s old, far from
+        // stale, but it is not this cycle's.
+        let t2 = T0 + 10_000;
+        ingest_snap(&mut st, &snap("a", 2, t2, 0.5)).unwrap();
+        ingest_snap(&mut st, &snap("b", 2, t2, 0.5)).unwrap();
+        assert!(ingest_snap(&mut st, &d(2, t2, f64::NAN)).is_err());
+        st.apply_status(status(2, &["a", "b", "d"]));
+        let statuses = |st: &State| -> Vec<(String, NodeStatus)> {
+            st.view("c", t2)
+                .unwrap()
+                .nodes
+                .into_iter()
+                .map(|n| (n.name, n.status))
+                .collect()
+        };
+        assert_eq!(
+            statuses(&st),
+            vec![
+                ("a".to_owned(), NodeStatus::Online),
+                ("b".to_owned(), NodeStatus::Online),
+                ("d".to_owned(), NodeStatus::Unknown)
+            ]
+        );
+        let missed: Vec<bool> = st
+            .cluster_state("c", t2)
+            .unwrap()
+            .nodes
+            .iter()
+            .map(|n| n.missed_cycle)
+            .collect();
+        assert_eq!(missed, vec![false, false, true]);
+        // d reports again in cycle 3: a target again, before and after the cycle completes.
+        let t3 = T0 + 20_000;
+        ingest_snap(&mut st, &d(3, t3, 0.5)).unwrap();
+        assert_eq!(statuses(&st)[2], ("d".to_owned(), NodeStatus::Online));
+        ingest_snap(&mut st, &snap("a", 3, t3, 0.5)).unwrap();
+        ingest_snap(&mut st, &snap("b", 3, t3, 0.5)).unwrap();
+        assert!(statuses(&st).iter().all(|(_, s)| *s == NodeStatus::Online));
     }
 
     #[test]

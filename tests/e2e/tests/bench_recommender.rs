@@ -403,13 +403,7 @@ async fn get_recommendations_latency() {
 #[test]
 #[ignore = "benchmark; prints figures"]
 fn memory_per_tracked_node() {
-    let settings = StateSettings {
-        subjects: Subjects::default(),
-        staleness_ms: 120_000,
-        overload: Default::default(),
-        config: Default::default(),
-        thresholds: Default::default(),
-    };
+    let settings = StateSettings::default();
     let window = State::new(settings.clone()).window_bytes_per_node();
     println!("window state per node (rings allocated, raw samples at capacity): {window} bytes");
     for guests_per_node in [0usize, 30] {

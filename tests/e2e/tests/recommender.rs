@@ -625,6 +625,18 @@ async fn demo_scenarios_yield_the_expected_recommendations_and_events() {
     .expect("cli ok");
     let v: serde_json::Value = serde_json::from_str(&state_json).expect("state json");
     assert_eq!(v["nodes"].as_array().map(Vec::len), Some(7));
+    // The collector's clock skew against NATS (same host: well under a second, the collection
+    // time making it slightly negative) and whether a node missed the last cycle.
+    let skew = v["clock_skew_ms"].as_i64().expect("clock_skew_ms");
+    assert!((-5_000..=1_000).contains(&skew), "{skew}");
+    assert!(
+        v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|n| n["missed_cycle"] == serde_json::json!(false)),
+        "{v}"
+    );
     let options_table = cli(args(&[
         "options",
         "--server",
