@@ -73,8 +73,9 @@ proxbalance_runtime::nats_table! {
         pub snapshots_max_age_s: u64 = 7200,
         /// `max_bytes` of the snapshot stream (-1 = unlimited).
         pub snapshots_max_bytes: i64 = -1,
-        /// `max_age` of the history stream, seconds (0 = unlimited).
-        pub history_max_age_s: u64 = 0,
+        /// `max_age` of the history stream, seconds (0 = unlimited): a node removed from its
+        /// cluster is forgotten after it (the recommender applies no older history either).
+        pub history_max_age_s: u64 = 86_400,
         /// Stream replicas.
         pub replicas: usize = 1,
         /// De-duplication window, seconds.

@@ -28,7 +28,8 @@ async fn main() -> anyhow::Result<()> {
         &config.telemetry,
         cli.json_logs,
     )?;
-    proxbalance_runtime::start_metrics_exporter(config.metrics.listen.as_deref())?;
+    // The collector's labels are its configured clusters: none to forget.
+    proxbalance_runtime::start_metrics_exporter(config.metrics.listen.as_deref(), None)?;
     let shutdown = proxbalance_runtime::shutdown_on_signal();
     let result = proxbalance_collector::app::run(config, shutdown).await;
     // Export the last cycle's spans before leaving, whatever the outcome.

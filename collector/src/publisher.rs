@@ -18,7 +18,9 @@ pub struct StreamLimits {
     pub snapshots_max_age: Duration,
     /// `max_bytes` of the snapshot stream (-1 = unlimited).
     pub snapshots_max_bytes: i64,
-    /// `max_age` of the history stream (0 = unlimited; one message per node is kept anyway).
+    /// `max_age` of the history stream (0 = unlimited; one message per node is kept anyway,
+    /// but a node that left its cluster would be kept forever, and recreated by every
+    /// recommender start).
     pub history_max_age: Duration,
     /// Replicas of every stream.
     pub replicas: usize,
@@ -31,7 +33,7 @@ impl Default for StreamLimits {
         Self {
             snapshots_max_age: Duration::from_secs(2 * 3600),
             snapshots_max_bytes: -1,
-            history_max_age: Duration::ZERO,
+            history_max_age: Duration::from_secs(86_400),
             replicas: 1,
             duplicate_window: Duration::from_secs(120),
         }

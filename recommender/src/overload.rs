@@ -6,7 +6,7 @@
 //! margin). Values between the clear level and the threshold keep the current state, so a node
 //! hovering around a threshold does not flap.
 
-use proxbalance_proto::v1::{OverloadReason, OverloadState};
+use proxbalance_proto::v1::{OverloadClearCause, OverloadReason, OverloadState};
 
 use crate::config::OverloadConfig;
 
@@ -55,6 +55,8 @@ pub struct Transition {
     /// (cleared), unix ms.
     pub since_ms: i64,
     pub at_ms: i64,
+    /// Why a `cleared` transition cleared (unspecified for `raised`).
+    pub clear_cause: OverloadClearCause,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -81,6 +83,41 @@ impl NodeOverload {
             .filter(|(_, s)| s.raised)
             .map(|(r, _)| *r)
             .collect()
+    }
+
+    /// Clears every raised reason at `at_ms` for `cause` (the node went offline, stale or
+    /// away): no reading decides it, so the value is 0. The hysteresis starts over, so a node
+    /// back over a threshold is raised again after `raise_cycles`. Nothing when none is raised.
+    pub fn clear_all(
+        &mut self,
+        at_ms: i64,
+        cause: OverloadClearCause,
+        limits: &Limits,
+        cfg: &OverloadConfig,
+    ) -> Vec<Transition> {
+        let thresholds = [
+            limits.cpu,
+            limits.mem,
+            limits.iowait,
+            cfg.overcommit_threshold,
+        ];
+        let mut out = Vec::new();
+        for ((reason, st), threshold) in REASONS.iter().zip(&mut self.states).zip(thresholds) {
+            if st.raised {
+                out.push(Transition {
+                    reason: *reason,
+                    state: OverloadState::Cleared,
+                    value: 0.0,
+                    avg_24h: None,
+                    threshold,
+                    since_ms: at_ms,
+                    at_ms,
+                    clear_cause: cause,
+                });
+            }
+            *st = ReasonState::default();
+        }
+        out
     }
 
     /// Evaluates one cycle and returns the transitions, in [`REASONS`] order.
@@ -154,6 +191,11 @@ impl NodeOverload {
                         threshold,
                         since_ms: st.streak_since_ms,
                         at_ms: r.at_ms,
+                        clear_cause: if st.raised {
+                            OverloadClearCause::Unspecified
+                        } else {
+                            OverloadClearCause::BelowThreshold
+                        },
                     });
                 }
             } else {
@@ -212,6 +254,58 @@ mod tests {
             ]
         );
         assert!(n.raised().is_empty());
+    }
+
+    #[test]
+    fn clearing_all_reports_each_raised_reason_once_and_starts_over() {
+        let cfg = OverloadConfig::default();
+        let mut n = NodeOverload::default();
+        let mut r = reading(0, 65.0);
+        r.overcommit_ratio = 1.3;
+        assert_eq!(n.evaluate(&r, &LIMITS, &cfg).len(), 2);
+        let cleared = n.clear_all(50, OverloadClearCause::NodeStale, &LIMITS, &cfg);
+        assert_eq!(
+            cleared
+                .iter()
+                .map(|t| (
+                    t.reason,
+                    t.state,
+                    t.since_ms,
+                    t.at_ms,
+                    t.threshold,
+                    t.clear_cause
+                ))
+                .collect::<Vec<_>>(),
+            vec![
+                (
+                    OverloadReason::Cpu,
+                    OverloadState::Cleared,
+                    50,
+                    50,
+                    60.0,
+                    OverloadClearCause::NodeStale
+                ),
+                (
+                    OverloadReason::MemOvercommit,
+                    OverloadState::Cleared,
+                    50,
+                    50,
+                    1.2,
+                    OverloadClearCause::NodeStale
+                ),
+            ]
+        );
+        assert!(n.raised().is_empty());
+        assert!(
+            n.clear_all(60, OverloadClearCause::NodeStale, &LIMITS, &cfg)
+                .is_empty()
+        );
+        // Back over the threshold: raised again, a new episode.
+        let t = n.evaluate(&reading(70, 65.0), &LIMITS, &cfg);
+        assert_eq!(
+            states(&t),
+            vec![(OverloadReason::Cpu, OverloadState::Raised, 70, 70)]
+        );
     }
 
     #[test]

@@ -141,7 +141,7 @@ fn check_after(subject: &str, payload: &[u8]) -> Result<(), TestCaseError> {
         )
         .map_err(|e| TestCaseError::fail(format!("genuine snapshot of {node} refused: {e}")))?;
     }
-    let _ = st.evaluate_overload("c", T0);
+    let _ = st.evaluate_overload("c");
     let view = st.view("c", T0).expect("a view");
     let cluster = view
         .validate()

@@ -378,20 +378,34 @@ pub fn init_logging(json: bool) {
 }
 
 /// Starts the Prometheus exporter on `listen` (`host:port`) and installs it as the global
-/// metrics recorder. `None` starts nothing.
-pub fn start_metrics_exporter(listen: Option<&str>) -> Result<Option<SocketAddr>, RuntimeError> {
+/// metrics recorder; series idle for `idle_timeout` are dropped (see [`prometheus_builder`]).
+/// `None` starts nothing.
+pub fn start_metrics_exporter(
+    listen: Option<&str>,
+    idle_timeout: Option<Duration>,
+) -> Result<Option<SocketAddr>, RuntimeError> {
     let Some(listen) = listen else {
         return Ok(None);
     };
     let addr: SocketAddr = listen
         .parse()
         .map_err(|_| RuntimeError::Metrics(format!("expected host:port, found {listen:?}")))?;
-    metrics_exporter_prometheus::PrometheusBuilder::new()
+    prometheus_builder(idle_timeout)
         .with_http_listener(addr)
         .install()
         .map_err(|e| RuntimeError::Metrics(format!("cannot start the exporter on {addr}: {e}")))?;
     tracing::info!(%addr, "Prometheus metrics at /metrics");
     Ok(Some(addr))
+}
+
+/// The exporter's builder. With `idle_timeout`, a series not updated for that long leaves the
+/// scrape output (until it is updated again): the labels of a cluster or node that
+/// disappeared do not stay forever.
+fn prometheus_builder(
+    idle_timeout: Option<Duration>,
+) -> metrics_exporter_prometheus::PrometheusBuilder {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .idle_timeout(metrics_util::MetricKindMask::ALL, idle_timeout)
 }
 
 /// A token that is cancelled when the process receives SIGTERM or SIGINT (Ctrl-C). Must be
@@ -446,13 +460,31 @@ mod tests {
     }
 
     #[test]
+    fn idle_series_leave_the_scrape_output() {
+        let recorder = prometheus_builder(Some(Duration::from_millis(200))).build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::gauge!("gone_seconds", "cluster" => "old").set(1.0);
+        });
+        assert!(handle.render().contains("gone_seconds{cluster=\"old\"} 1"));
+        // The exporter's idle clock is real time: there is no event to wait on but its passing.
+        std::thread::sleep(Duration::from_millis(300));
+        metrics::with_local_recorder(&recorder, || {
+            metrics::gauge!("kept_seconds", "cluster" => "live").set(2.0);
+        });
+        let out = handle.render();
+        assert!(!out.contains("gone_seconds"), "{out}");
+        assert!(out.contains("kept_seconds{cluster=\"live\"} 2"), "{out}");
+    }
+
+    #[test]
     fn metrics_listen_must_be_an_address() {
-        let err = start_metrics_exporter(Some("nope")).unwrap_err();
+        let err = start_metrics_exporter(Some("nope"), None).unwrap_err();
         assert_eq!(
             err.to_string(),
             "metrics.listen: expected host:port, found \"nope\""
         );
-        assert_eq!(start_metrics_exporter(None).unwrap(), None);
+        assert_eq!(start_metrics_exporter(None, None).unwrap(), None);
     }
 
     #[tokio::test]

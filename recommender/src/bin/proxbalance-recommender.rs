@@ -29,7 +29,12 @@ async fn main() -> anyhow::Result<()> {
         &config.telemetry,
         cli.json_logs,
     )?;
-    proxbalance_runtime::start_metrics_exporter(config.metrics.listen.as_deref())?;
+    // Clusters and nodes that disappeared are forgotten after the retention, their metric
+    // labels with them.
+    proxbalance_runtime::start_metrics_exporter(
+        config.metrics.listen.as_deref(),
+        Some(config.retention()),
+    )?;
     let shutdown = proxbalance_runtime::shutdown_on_signal();
     let result = proxbalance_recommender::run(config, shutdown).await;
     // Export the last spans before leaving, whatever the outcome.

@@ -2,7 +2,7 @@
 //! `now − replay window` and followed, each through an ordered (ephemeral, per-replica)
 //! consumer so that every replica receives every message.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
 use async_nats::jetstream::{self, Message};
 use futures_util::StreamExt;
 use proxbalance_proto::subjects::Subjects;
+use proxbalance_proto::v1 as pb;
 use tokio::sync::mpsc;
 
 use super::{Outgoing, Shared, metric, wall_ms};
@@ -137,29 +138,48 @@ fn apply(shared: &Shared, msg: &Message) -> Option<(String, u64)> {
     }
 }
 
+/// Publishes overload transitions (JetStream, through the publisher's queue) and tells the
+/// `WatchEvents` streams.
+pub(super) fn emit_overload(
+    shared: &Shared,
+    out: &mpsc::Sender<Outgoing>,
+    events: Vec<pb::OverloadEvent>,
+) {
+    for e in events {
+        tracing::info!(cluster = %e.cluster, node = %e.node, reason = e.reason, state = e.state, clear_cause = e.clear_cause, value = e.value, "overload transition");
+        let _ = shared.events.send(e.clone());
+        if out.try_send(Outgoing::Overload(e)).is_err() {
+            metrics::counter!(metric::EVENTS_FAILED, "kind" => "overload").increment(1);
+            tracing::warn!("event queue full; overload event dropped");
+        }
+    }
+}
+
+/// What the replay saw: the clusters to recompute at its end, and the overload transitions it
+/// computed, in order (published at its end when the events stream lacks them).
+#[derive(Debug, Default)]
+struct Replayed {
+    dirty: BTreeMap<String, u64>,
+    transitions: Vec<pb::OverloadEvent>,
+}
+
 /// A cluster's cycle completed: evaluate overload and, unless replaying, recompute and publish.
 fn on_cycle(
     shared: &Shared,
     cluster: &str,
     cycle: u64,
     replaying: bool,
-    dirty: &mut BTreeMap<String, u64>,
+    replayed: &mut Replayed,
     out: &mpsc::Sender<Outgoing>,
 ) {
-    let events = shared.write().evaluate_overload(cluster, wall_ms());
+    let events = shared.write().evaluate_overload(cluster);
     if replaying {
-        // Hysteresis state is rebuilt; these transitions were published by whoever saw them live.
-        dirty.insert(cluster.to_owned(), cycle);
+        // Published, if missing from the events stream, when the replay is done.
+        replayed.dirty.insert(cluster.to_owned(), cycle);
+        replayed.transitions.extend(events);
         return;
     }
-    for e in events {
-        tracing::info!(cluster, node = %e.node, reason = e.reason, state = e.state, value = e.value, "overload transition");
-        let _ = shared.events.send(e.clone());
-        if out.try_send(Outgoing::Overload(e)).is_err() {
-            metrics::counter!(metric::EVENTS_FAILED, "kind" => "overload").increment(1);
-            tracing::warn!(cluster, "event queue full; overload event dropped");
-        }
-    }
+    emit_overload(shared, out, events);
     let recomputed = tracing::info_span!("recommender.recompute", cluster, cycle)
         .in_scope(|| shared.recompute(cluster, cycle));
     if let Some(notice) = recomputed.filter(|n| n.changed) {
@@ -183,6 +203,76 @@ fn on_cycle(
     }
 }
 
+/// The ids of the overload events stored in the events stream.
+async fn stored_overload_ids(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> Result<BTreeSet<String>, String> {
+    let stream = js
+        .get_stream(subjects.events_stream())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut messages, mut pending) =
+        ordered(&stream, subjects.all_overload(), DeliverPolicy::All).await?;
+    let mut ids = BTreeSet::new();
+    while pending > 0 {
+        let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .map_err(|_| "reading the events stream timed out".to_owned())?;
+        let msg = match next {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => break,
+        };
+        pending = msg.info().map_or(0, |i| i.pending);
+        if let Some(id) = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(proxbalance_proto::headers::MSG_ID))
+        {
+            ids.insert(id.as_str().to_owned());
+        }
+    }
+    Ok(ids)
+}
+
+/// At the end of the replay: the wall-clock sweep (overloads of nodes gone quiet meanwhile,
+/// nodes past the retention), and the transitions the replay computed that the events stream
+/// lacks. A transition's id is derived from the data, so one that was published live (by this
+/// recommender before a restart, or by another replica) is found in the stream and not sent
+/// again, and one nobody published (a fresh deployment, a crash before the publish) is.
+/// Without this, a deployment started after its collector stored no `raised` and later
+/// published a `cleared` for a raise nobody received.
+async fn publish_after_replay(
+    shared: &Shared,
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    out: &mpsc::Sender<Outgoing>,
+    transitions: Vec<pb::OverloadEvent>,
+) {
+    let swept = shared.write().sweep(wall_ms());
+    let replayed = transitions.len();
+    let missing: Vec<pb::OverloadEvent> = match stored_overload_ids(js, subjects).await {
+        Ok(stored) => transitions
+            .into_iter()
+            .filter(|e| !stored.contains(&e.event_id))
+            .collect(),
+        Err(e) => {
+            // JetStream's duplicate window still drops the recent ones already stored.
+            tracing::warn!(error = %e, "cannot read the events stream; publishing every transition of the replay");
+            transitions
+        }
+    };
+    tracing::info!(
+        replayed,
+        missing = missing.len(),
+        swept = swept.len(),
+        "overload transitions of the replay checked against the events stream"
+    );
+    emit_overload(shared, out, missing);
+    emit_overload(shared, out, swept);
+}
+
 /// The ingest loop (see the module documentation). Ends at shutdown; dropping `out` then
 /// lets the publisher finish.
 pub async fn ingest_loop(
@@ -201,7 +291,7 @@ pub async fn ingest_loop(
     else {
         return;
     };
-    let mut dirty = BTreeMap::new();
+    let mut seen_in_replay = Replayed::default();
 
     // 1. The latest history of every node.
     let (mut history, mut pending) = loop {
@@ -357,7 +447,7 @@ pub async fn ingest_loop(
                 Some(Ok(msg)) => {
                     // A history can complete a cycle whose status arrived first.
                     if let Some((cluster, cycle)) = apply(&shared, &msg) {
-                        on_cycle(&shared, &cluster, cycle, replaying, &mut dirty, &out);
+                        on_cycle(&shared, &cluster, cycle, replaying, &mut seen_in_replay, &out);
                     }
                 }
                 Some(Err(_)) | None => {
@@ -380,7 +470,7 @@ pub async fn ingest_loop(
                         last_seq = seq;
                     }
                     if let Some((cluster, cycle)) = apply(&shared, &msg) {
-                        on_cycle(&shared, &cluster, cycle, replaying, &mut dirty, &out);
+                        on_cycle(&shared, &cluster, cycle, replaying, &mut seen_in_replay, &out);
                     }
                     if replaying {
                         replayed += 1;
@@ -391,9 +481,12 @@ pub async fn ingest_loop(
                         if left == 0 {
                             replaying = false;
                             metrics::gauge!(metric::REPLAYING).set(0.0);
-                            for (cluster, cycle) in std::mem::take(&mut dirty) {
-                                shared.recompute(&cluster, cycle);
+                            let done = std::mem::take(&mut seen_in_replay);
+                            for (cluster, cycle) in &done.dirty {
+                                shared.recompute(cluster, *cycle);
                             }
+                            drop(_entered);
+                            publish_after_replay(&shared, &js, &subjects, &out, done.transitions).await;
                             shared.ready.store(true, Ordering::Release);
                             tracing::info!(replayed, elapsed_ms = replay_started.elapsed().as_millis() as u64, "snapshot replay done");
                         }

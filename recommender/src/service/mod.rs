@@ -299,6 +299,10 @@ pub async fn start(
         ),
     );
     tasks.spawn(
+        "maintenance",
+        maintenance::maintenance_loop(shared.clone(), out_tx.clone()),
+    );
+    tasks.spawn(
         "ingest",
         ingest::ingest_loop(shared.clone(), js, subjects, out_tx, config.replay_window()),
     );
@@ -310,7 +314,6 @@ pub async fn start(
     reporter
         .set_service_status(LIVENESS_SERVICE, tonic_health::ServingStatus::Serving)
         .await;
-    tasks.spawn("maintenance", maintenance::maintenance_loop(shared.clone()));
     tasks.spawn(
         "health",
         health_loop(shared.clone(), nats.clone(), reporter),

@@ -83,6 +83,11 @@ impl State {
                 check_match("node", &node, &h.node)?;
                 validate_history(&h)?;
                 check_history_not_ahead(&h, at.wall_ms, self.settings.max_clock_skew_ms)?;
+                // A history older than the retention is of a node gone (a history stream
+                // without max_age keeps it forever): it does not bring the node back.
+                if at.wall_ms.saturating_sub(h.collected_at_unix_ms) > self.settings.retention_ms {
+                    return Ok(Ingested::Ignored);
+                }
                 Ok(self.apply_history(&h))
             }
             Subject::ClusterStatus { cluster } => {
@@ -174,6 +179,7 @@ impl State {
     /// Applies a checked snapshot.
     pub fn apply_snapshot(&mut self, s: pb::NodeSnapshot) -> Ingested {
         self.snapshots_applied += 1;
+        let staleness = self.settings.staleness_ms;
         let cluster_name = s.cluster.clone();
         let cycle = s.cycle;
         let observed_at_ms = s.observed_at_unix_ms;
@@ -193,6 +199,10 @@ impl State {
             .is_none_or(|l| s.cycle > l.cycle || s.observed_at_unix_ms > l.observed_at_unix_ms)
         {
             if let Some(old) = &node.latest {
+                let silent_ms = s.observed_at_unix_ms - old.observed_at_unix_ms;
+                if silent_ms > staleness && node.gap_at_ms.is_none() {
+                    node.gap_at_ms = Some(old.observed_at_unix_ms + staleness);
+                }
                 for g in &old.guests {
                     if c.claims.get(&g.vmid).is_some_and(|owner| *owner == s.node) {
                         c.claims.remove(&g.vmid);
@@ -544,7 +554,7 @@ mod tests {
         );
         // So a's first evaluation knows its 24 h IOWait average (5 %): a 40 % burst alone does
         // not pass the rule (24 h average above 0.7 × 30 %).
-        let events = st.evaluate_overload("c", T0);
+        let events = st.evaluate_overload("c");
         assert!(
             events
                 .iter()
@@ -555,7 +565,7 @@ mod tests {
         let mut blind = State::new(settings());
         ingest_snap(&mut blind, &iowait_burst("a")).unwrap();
         blind.apply_status(status(1, &["a"]));
-        let events = blind.evaluate_overload("c", T0);
+        let events = blind.evaluate_overload("c");
         assert!(
             events
                 .iter()

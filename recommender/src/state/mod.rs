@@ -6,6 +6,7 @@
 //! - [`overload`]: evaluating a completed cycle's overload ([`State::evaluate_overload`]).
 //! - [`view`]: the engine's view of a cluster ([`State::view`]).
 //! - [`cache`]: the cached set of each cluster ([`State::store_set`], [`State::cached`]).
+//! - [`sweep`]: what the wall clock does: quiet nodes' overloads cleared, old nodes evicted.
 //! - [`answers`]: summaries and cluster states for gRPC.
 //! - [`event_ids`]: the `Nats-Msg-Id` of the published events.
 //!
@@ -18,6 +19,7 @@ pub mod event_ids;
 pub mod ingest;
 pub mod limits;
 pub mod overload;
+pub mod sweep;
 #[cfg(test)]
 mod test_support;
 pub mod validate;
@@ -106,6 +108,9 @@ struct NodeState {
     evaluated_at_ms: Option<i64>,
     /// Collection time of the newest history applied.
     history_at_ms: Option<i64>,
+    /// When the node turned stale between its previous snapshot and `latest` (the previous
+    /// one's time plus the staleness), until overload evaluation has cleared what was raised.
+    gap_at_ms: Option<i64>,
     /// Whether `latest` belongs to the cluster's last completed cycle or a later one. A node
     /// whose snapshot of the completing cycle was refused or lost is neither source nor target
     /// until it reports again (its previous snapshot may not be stale yet, but it is not

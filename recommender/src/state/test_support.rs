@@ -4,7 +4,7 @@ use proxbalance_proto::SCHEMA_VERSION;
 use proxbalance_proto::subjects::Subjects;
 use proxbalance_proto::v1 as pb;
 
-use super::{Arrival, Ingested, Rejection, State, StateSettings};
+pub use super::{Arrival, Ingested, Rejection, State, StateSettings};
 
 pub const T0: i64 = 1_764_230_400_000;
 

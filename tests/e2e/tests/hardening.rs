@@ -212,3 +212,205 @@ async fn old_answers_are_unavailable() {
     assert!(answer(&rec, "demo").await.is_ok());
     rec.stop().await;
 }
+
+/// The overload events stored in `PROXBALANCE_EVENTS`, read as they come.
+struct StoredEvents {
+    messages: async_nats::jetstream::consumer::pull::Ordered,
+    seen: Vec<pb::OverloadEvent>,
+}
+
+impl StoredEvents {
+    async fn follow(nats_url: &str) -> StoredEvents {
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+        let js = async_nats::jetstream::new(support::nats_connect(nats_url).await);
+        let subjects = Subjects::default();
+        let stream = tokio::time::timeout(WAIT, async {
+            loop {
+                // The recommender creates the stream at start.
+                if let Ok(s) = js.get_stream(subjects.events_stream()).await {
+                    return s;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("events stream");
+        let messages = stream
+            .create_consumer(OrderedConfig {
+                deliver_policy: DeliverPolicy::All,
+                filter_subject: subjects.all_overload(),
+                ..Default::default()
+            })
+            .await
+            .expect("consumer")
+            .messages()
+            .await
+            .expect("messages");
+        StoredEvents {
+            messages,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads until an event satisfies `stop`; returns it.
+    async fn until(&mut self, stop: impl Fn(&pb::OverloadEvent) -> bool) -> pb::OverloadEvent {
+        use futures_util::StreamExt;
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let msg = self
+                    .messages
+                    .next()
+                    .await
+                    .expect("stream open")
+                    .expect("message");
+                let e: pb::OverloadEvent = proxbalance_proto::decode(&msg.payload).expect("event");
+                self.seen.push(e.clone());
+                if stop(&e) {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("the event in time")
+    }
+
+    /// Every stored id appears once.
+    fn assert_no_duplicate(&self) {
+        let mut ids: Vec<&str> = self.seen.iter().map(|e| e.event_id.as_str()).collect();
+        let all = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), all, "{:#?}", self.seen);
+    }
+}
+
+fn is(e: &pb::OverloadEvent, node: &str, state: pb::OverloadState) -> bool {
+    e.node == node && e.reason() == pb::OverloadReason::MemOvercommit && e.state() == state
+}
+
+/// A deployment whose recommender starts after its collector used to store no event for what
+/// the replay found (pve2 overcommitted, shown OVERLOADED by `state`), then published a
+/// `cleared` for a raise nobody received. The replay's transitions missing from the events
+/// stream are published when it ends; a second recommender replaying the same finds them
+/// stored and publishes none again; the node going offline clears it (`node_offline`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transitions_seen_in_the_replay_are_published_once() {
+    support::log();
+    let nats = NatsServer::start().expect("nats-server");
+    let url = nats.url();
+    let mut demo = Driver::start(
+        "demo",
+        &url,
+        &StreamLimits::default(),
+        Duration::from_secs(5),
+    )
+    .await;
+    for _ in 0..2 {
+        demo.cycle(10.0).await;
+    }
+    let first = Recommender::start(&url).await;
+    let mut events = StoredEvents::follow(&url).await;
+    let raised = events
+        .until(|e| is(e, "pve2", pb::OverloadState::Raised))
+        .await;
+    let pve2 = cluster_state(&first, "demo")
+        .await
+        .nodes
+        .into_iter()
+        .find(|n| n.latest.as_ref().is_some_and(|s| s.node == "pve2"))
+        .expect("pve2");
+    assert_eq!(
+        pve2.overloaded,
+        vec![pb::OverloadReason::MemOvercommit as i32]
+    );
+    first.stop().await;
+
+    let second = Recommender::start(&url).await;
+    let mut watch = second.watch("demo").await;
+    demo.sim
+        .set_node_online("pve2", false)
+        .expect("pve2 offline");
+    demo.cycle(10.0).await;
+    until_cycle(&mut watch, demo.last_cycle).await;
+    let cleared = events
+        .until(|e| is(e, "pve2", pb::OverloadState::Cleared))
+        .await;
+    assert_eq!(cleared.clear_cause(), pb::OverloadClearCause::NodeOffline);
+    assert_eq!(cleared.value, 0.0);
+    let pve2_events: Vec<&pb::OverloadEvent> = events
+        .seen
+        .iter()
+        .filter(|e| e.node == "pve2" && e.reason() == pb::OverloadReason::MemOvercommit)
+        .collect();
+    assert_eq!(pve2_events, vec![&raised, &cleared]);
+    events.assert_no_duplicate();
+    second.stop().await;
+}
+
+/// A raised overload whose collector stopped was never cleared: the stream ended at `raised`.
+/// Past the staleness (2 s here) the wall-clock sweep clears it as `node_stale`, at the node's
+/// last snapshot plus the staleness (the instant a replay would compute, so the same id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_overload_is_cleared_when_its_collector_stops() {
+    support::log();
+    let nats = NatsServer::start().expect("nats-server");
+    let url = nats.url();
+    let mut demo = Driver::start(
+        "demo",
+        &url,
+        &StreamLimits::default(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let mut config = support::config(&url);
+    config.state.staleness_s = 2;
+    config.state.max_clock_skew_s = 1;
+    let rec = Recommender::start_with(config).await;
+    let mut events = StoredEvents::follow(&url).await;
+    let (out, _) = demo.cycle(10.0).await;
+    events
+        .until(|e| is(e, "pve2", pb::OverloadState::Raised))
+        .await;
+    // The collector stops here.
+    let cleared = events
+        .until(|e| is(e, "pve2", pb::OverloadState::Cleared))
+        .await;
+    let observed = out
+        .snapshots
+        .iter()
+        .find(|s| s.node == "pve2")
+        .expect("pve2")
+        .observed_at_unix_ms;
+    assert_eq!(cleared.clear_cause(), pb::OverloadClearCause::NodeStale);
+    assert_eq!(
+        (cleared.since_unix_ms, cleared.at_unix_ms),
+        (observed + 2000, observed + 2000)
+    );
+    events.assert_no_duplicate();
+    rec.stop().await;
+}
+
+/// The history stream the collector creates has a max age (a day by default): a node that left
+/// its cluster is not kept, and recreated by every recommender start, forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_stream_has_a_max_age() {
+    let nats = NatsServer::start().expect("nats-server");
+    let nc = support::nats_connect(&nats.url()).await;
+    let limits = proxbalance_collector::config::NatsConfig::default().stream_limits();
+    proxbalance_collector::publisher::Publisher::new(
+        nc.clone(),
+        Subjects::default(),
+        &limits,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("streams");
+    let js = async_nats::jetstream::new(nc);
+    let mut history = js
+        .get_stream(Subjects::default().history_stream())
+        .await
+        .expect("history stream");
+    let config = history.info().await.expect("info").config.clone();
+    assert_eq!(config.max_age, Duration::from_secs(86_400));
+    assert_eq!(config.max_messages_per_subject, 1);
+}
