@@ -21,8 +21,6 @@ type WatchStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'sta
 #[derive(Debug, Clone)]
 pub struct Service {
     shared: Arc<Shared>,
-    /// `grpc.max_fresh_plans` permits for requests computed afresh.
-    fresh: Arc<tokio::sync::Semaphore>,
 }
 
 /// Records a call's latency with its method and status code.
@@ -121,39 +119,48 @@ struct Tuned {
 impl Service {
     /// A service over the shared state.
     pub(super) fn new(shared: Arc<Shared>) -> Self {
-        let fresh = Arc::new(tokio::sync::Semaphore::new(
-            shared.config.grpc.fresh_plans(),
-        ));
-        Service { shared, fresh }
+        Service { shared }
     }
 
-    /// The age of data observed at `data_at_ms` (0 when the collector's clock is ahead), or
-    /// `UNAVAILABLE` past `state.max_answer_age_s`: the cluster's collector stopped, and an
-    /// answer would describe the past as if it were now.
+    /// The age of data observed at `data_at_ms` (see [`fresh_enough`]).
     fn fresh_enough(&self, cluster: &str, data_at_ms: i64) -> Result<i64, Status> {
-        let age_ms = wall_ms().saturating_sub(data_at_ms).max(0);
-        let limit_s = self.shared.config.state.max_answer_age_s;
-        if age_ms / 1000 >= i64::try_from(limit_s).unwrap_or(i64::MAX) {
-            return Err(Status::unavailable(format!(
-                "cluster {cluster:?}: its newest data is {} s old, over the limit of {limit_s} s \
-                 (state.max_answer_age_s); no collection cycle completed since",
-                age_ms / 1000
-            )));
-        }
-        Ok(age_ms)
+        fresh_enough(&self.shared, cluster, data_at_ms)
     }
 
-    /// A permit to compute afresh, or `RESOURCE_EXHAUSTED` when `grpc.max_fresh_plans` are
-    /// running: a burst of requests with overrides must not take the CPUs that cached answers
-    /// and ingest need.
-    fn fresh_permit(&self) -> Result<FreshPermit, Status> {
-        self.fresh.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "{} requests computed afresh are running (grpc.max_fresh_plans); retry later, \
-                 or ask without overrides and limit for the cached set",
-                self.shared.config.grpc.fresh_plans()
-            ))
+    /// Computes `work` on the cluster's model with the request's overrides, off the async
+    /// threads (building the view, validating and planning a large cluster take tens of ms),
+    /// holding one of the `grpc.max_fresh_plans` permits: beyond them `RESOURCE_EXHAUSTED`, so
+    /// a burst of requests with overrides cannot take the CPUs cached answers and ingest need.
+    async fn compute_afresh<T: Send + 'static>(
+        &self,
+        cluster: &str,
+        overrides: Option<&pb::Overrides>,
+        limit: u32,
+        work: impl FnOnce(Tuned) -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        let ov = convert::overrides_from_proto(overrides, limit).map_err(bad_override)?;
+        let permit: FreshPermit = self
+            .shared
+            .fresh_plans
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "{} requests computed afresh are running (grpc.max_fresh_plans); retry \
+                         later, or ask without overrides and limit for the cached set",
+                    self.shared.config.grpc.fresh_plans()
+                ))
+            })?;
+        let shared = self.shared.clone();
+        let cluster = cluster.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let tuned = tuned_cluster(&shared, &cluster, ov)?;
+            let r = work(tuned);
+            drop(permit);
+            r
         })
+        .await
+        .map_err(|e| Status::internal(format!("computing afresh failed: {e}")))?
     }
 
     /// `GetRecommendations` without overrides and limit is served from the cache: `Ok(None)`
@@ -190,26 +197,23 @@ impl Service {
         req: &pb::GetRecommendationsRequest,
     ) -> Result<pb::GetRecommendationsResponse, Status> {
         let full = full_view(req.view)?;
-        let permit = self.fresh_permit()?;
-        let tuned = self
-            .tuned_cluster(&req.cluster, req.overrides.as_ref(), req.limit)
-            .await?;
-        let (model, limit) = (tuned.model, tuned.overrides.limit);
-        let set = tokio::task::spawn_blocking(move || {
-            let set = engine::plan(&model, limit);
-            drop(permit);
-            set
-        })
+        self.compute_afresh(
+            &req.cluster,
+            req.overrides.as_ref(),
+            req.limit,
+            move |tuned| {
+                let set = engine::plan(&tuned.model, tuned.overrides.limit);
+                let set = convert::set_to_proto(&set);
+                Ok(pb::GetRecommendationsResponse {
+                    set: Some(if full { set } else { convert::basic_view(&set) }),
+                    computed_fresh: true,
+                    generation: 0,
+                    data_at_unix_ms: tuned.data_at_ms,
+                    age_ms: tuned.age_ms,
+                })
+            },
+        )
         .await
-        .map_err(|e| Status::internal(format!("planning failed: {e}")))?;
-        let set = convert::set_to_proto(&set);
-        Ok(pb::GetRecommendationsResponse {
-            set: Some(if full { set } else { convert::basic_view(&set) }),
-            computed_fresh: true,
-            generation: 0,
-            data_at_unix_ms: tuned.data_at_ms,
-            age_ms: tuned.age_ms,
-        })
     }
 
     /// `GetRecommendations` answered with encoded bytes: the cached response around the
@@ -268,39 +272,50 @@ impl Service {
             .take_until(self.shared.shutdown.clone().cancelled_owned());
         t.done(Ok(Box::pin(stream) as EncodedStream))
     }
+}
 
-    /// Builds the cluster model with the request's overrides applied.
-    async fn tuned_cluster(
-        &self,
-        cluster: &str,
-        overrides: Option<&pb::Overrides>,
-        limit: u32,
-    ) -> Result<Tuned, Status> {
-        let ov = convert::overrides_from_proto(overrides, limit).map_err(bad_override)?;
-        let (view, data_at_ms) = {
-            let state = self.shared.read();
-            if !state.knows(cluster) {
-                return Err(unknown_cluster(&self.shared, &state, cluster));
-            }
-            (state.view(cluster, wall_ms()), state.data_time_ms(cluster))
-        };
-        let (Some(view), Some(data_at_ms)) = (view, data_at_ms) else {
-            return Err(Status::unavailable(format!(
-                "cluster {cluster:?}: no snapshot yet"
-            )));
-        };
-        let age_ms = self.fresh_enough(cluster, data_at_ms)?;
-        let mut model = view
-            .validate()
-            .map_err(|e| Status::internal(format!("cluster view: {e}")))?;
-        model.apply(&ov).map_err(bad_override)?;
-        Ok(Tuned {
-            model,
-            overrides: ov,
-            data_at_ms,
-            age_ms,
-        })
+/// The age of data observed at `data_at_ms` (0 when the collector's clock is ahead), or
+/// `UNAVAILABLE` past `state.max_answer_age_s`: the cluster's collector stopped, and an answer
+/// would describe the past as if it were now.
+fn fresh_enough(shared: &Shared, cluster: &str, data_at_ms: i64) -> Result<i64, Status> {
+    let age_ms = wall_ms().saturating_sub(data_at_ms).max(0);
+    let limit_s = shared.config.state.max_answer_age_s;
+    if age_ms / 1000 >= i64::try_from(limit_s).unwrap_or(i64::MAX) {
+        return Err(Status::unavailable(format!(
+            "cluster {cluster:?}: its newest data is {} s old, over the limit of {limit_s} s \
+             (state.max_answer_age_s); no collection cycle completed since",
+            age_ms / 1000
+        )));
     }
+    Ok(age_ms)
+}
+
+/// Builds the cluster model with the overrides applied (blocking: the view of a large cluster
+/// takes milliseconds).
+fn tuned_cluster(shared: &Shared, cluster: &str, ov: engine::Overrides) -> Result<Tuned, Status> {
+    let (view, data_at_ms) = {
+        let state = shared.read();
+        if !state.knows(cluster) {
+            return Err(unknown_cluster(shared, &state, cluster));
+        }
+        (state.view(cluster, wall_ms()), state.data_time_ms(cluster))
+    };
+    let (Some(view), Some(data_at_ms)) = (view, data_at_ms) else {
+        return Err(Status::unavailable(format!(
+            "cluster {cluster:?}: no snapshot yet"
+        )));
+    };
+    let age_ms = fresh_enough(shared, cluster, data_at_ms)?;
+    let mut model = view
+        .validate()
+        .map_err(|e| Status::internal(format!("cluster view: {e}")))?;
+    model.apply(&ov).map_err(bad_override)?;
+    Ok(Tuned {
+        model,
+        overrides: ov,
+        data_at_ms,
+        age_ms,
+    })
 }
 
 /// Decodes an encoded message (the typed methods' view of the encoded routes).
@@ -356,12 +371,13 @@ impl Recommender for Service {
             if req.vmid == 0 {
                 return Err(Status::invalid_argument("vmid: expected a guest id ≥ 1"));
             }
-            let _permit = self.fresh_permit()?;
-            let tuned = self
-                .tuned_cluster(&req.cluster, req.overrides.as_ref(), 0)
+            let vmid = req.vmid;
+            let options = self
+                .compute_afresh(&req.cluster, req.overrides.as_ref(), 0, move |tuned| {
+                    engine::migration_options(&tuned.model, vmid)
+                        .map_err(|e| Status::not_found(e.to_string()))
+                })
                 .await?;
-            let options = engine::migration_options(&tuned.model, req.vmid)
-                .map_err(|e| Status::not_found(e.to_string()))?;
             Ok(Response::new(pb::GetMigrationOptionsResponse {
                 options: Some(convert::options_to_proto(&options)),
             }))

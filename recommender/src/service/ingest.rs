@@ -182,8 +182,8 @@ fn on_cycle(
     emit_overload(shared, out, events);
     let recomputed = tracing::info_span!("recommender.recompute", cluster, cycle)
         .in_scope(|| shared.recompute(cluster, cycle));
-    if let Some(notice) = recomputed.filter(|n| n.changed) {
-        let change = notice.event_in(false);
+    if let Some(done) = recomputed.filter(|r| r.notice.changed) {
+        let change = done.event_in(false);
         tracing::info!(
             cluster,
             cycle,

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+use prost::bytes::Bytes;
 use proxbalance_engine as engine;
 use proxbalance_proto::subjects::Subjects;
 use proxbalance_proto::v1 as pb;
@@ -95,30 +96,50 @@ pub fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// One recomputation of a cluster.
+/// One recomputation of a cluster, as the watchers get it. It holds the set's views as
+/// encoded bytes only: the broadcast channel keeps its last notices until every watcher has
+/// read them, so a watcher that never reads keeps those bytes, never a set's messages.
 #[derive(Debug, Clone)]
 pub struct Notice {
     /// The event without its set (empty lists when nothing changed).
     pub event: Arc<pb::RecommendationsChanged>,
-    /// The cached set it computed, with both views encoded: watchers send those bytes.
-    pub cached: Arc<Cached>,
+    /// The set in the full view, encoded (shared with the cache).
+    set_full: Bytes,
+    /// The set in the basic view, encoded (shared with the cache).
+    set_basic: Bytes,
     /// Whether the moves changed.
     pub changed: bool,
 }
 
 impl Notice {
+    /// The event carrying its set in the full or the basic view, encoded around the cached
+    /// set's bytes.
+    pub fn encoded(&self, full: bool) -> Encoded {
+        let set = if full {
+            &self.set_full
+        } else {
+            &self.set_basic
+        };
+        crate::state::cache::encoded_change(&self.event, set)
+    }
+}
+
+/// What [`Shared::recompute`] did: the notice sent to the watchers and the set it cached.
+#[derive(Debug, Clone)]
+pub struct Recomputed {
+    /// The notice.
+    pub notice: Notice,
+    /// The cached set.
+    pub cached: Arc<Cached>,
+}
+
+impl Recomputed {
     /// The event carrying its set in the full or the basic view, as a message.
     pub fn event_in(&self, full: bool) -> pb::RecommendationsChanged {
         pb::RecommendationsChanged {
             recommendations: Some(crate::convert::in_view(&self.cached.full, full)),
-            ..(*self.event).clone()
+            ..(*self.notice.event).clone()
         }
-    }
-
-    /// The event carrying its set in the full or the basic view, encoded around the cached
-    /// set's bytes.
-    pub fn encoded(&self, full: bool) -> Encoded {
-        crate::state::cache::encoded_change(&self.event, self.cached.set_bytes(full))
     }
 }
 
@@ -138,6 +159,9 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// gRPC TLS and bearer token, loaded at start.
     pub security: auth::GrpcSecurity,
+    /// `grpc.max_fresh_plans` permits for requests computed afresh (held by each while it
+    /// computes; a test can hold them all).
+    pub fresh_plans: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -152,8 +176,8 @@ impl Shared {
     }
 
     /// Builds `cluster`'s view, plans it on behalf of `cycle`, caches the set and tells the
-    /// watchers. Returns the notice (`None` when the cluster has no view).
-    pub fn recompute(&self, cluster: &str, cycle: u64) -> Option<Notice> {
+    /// watchers. `None` when the cluster has no view.
+    pub fn recompute(&self, cluster: &str, cycle: u64) -> Option<Recomputed> {
         let started = Instant::now();
         let now = wall_ms();
         let (view, data_at_ms) = {
@@ -188,11 +212,12 @@ impl Shared {
         );
         let notice = Notice {
             event: Arc::new(event),
-            cached,
+            set_full: cached.set_full.clone(),
+            set_basic: cached.set_basic.clone(),
             changed,
         };
         let _ = self.changes.send(notice.clone());
-        Some(notice)
+        Some(Recomputed { notice, cached })
     }
 }
 
@@ -284,6 +309,7 @@ pub async fn start(
         config: config.clone(),
         shutdown: shutdown.clone(),
         security,
+        fresh_plans: Arc::new(tokio::sync::Semaphore::new(config.grpc.fresh_plans())),
     });
 
     let tasks = CriticalTasks::new(shutdown.clone());

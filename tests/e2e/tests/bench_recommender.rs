@@ -4,7 +4,9 @@
 //! - ingest: snapshots of 30 guests each published to a real nats-server, then read by a
 //!   recommender through its ordered consumer (start-up replay) into applied state;
 //! - `GetRecommendations` latency for a 64-node / 4,000-guest cluster with 64 concurrent clients;
-//! - memory per tracked node, from the process' resident set while the state grows.
+//! - memory per tracked node, from the process' resident set while the state grows;
+//! - 100 watchers that never read: the resident set while every cluster is recomputed;
+//! - cached `GetRecommendations` latency while 64 clients send requests with overrides.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -398,6 +400,290 @@ async fn get_recommendations_latency() {
     assert!(convert::set_from_proto(&set).is_ok());
     token.cancel();
     svc.wait().await.expect("stop");
+}
+
+/// A recommender on a fresh nats-server (streams created), with a watch of every
+/// recomputation and a client whose HTTP/2 windows fit whole answers (as the CLI's).
+struct Loaded {
+    _nats: NatsServer,
+    js: async_nats::jetstream::Context,
+    token: CancellationToken,
+    svc: proxbalance_recommender::RunningService,
+    addr: String,
+    watch: tonic::Streaming<pb::RecommendationsChanged>,
+}
+
+impl Loaded {
+    async fn start(configure: impl FnOnce(&mut Config)) -> Loaded {
+        let nats = NatsServer::start().expect("nats");
+        let nc = async_nats::connect(nats.url()).await.expect("connect");
+        Publisher::new(
+            nc.clone(),
+            Subjects::default(),
+            &StreamLimits::default(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("streams");
+        let mut cfg = Config::default();
+        cfg.nats.url = nats.url();
+        cfg.grpc.listen = "127.0.0.1:0".into();
+        configure(&mut cfg);
+        let token = CancellationToken::new();
+        let svc = proxbalance_recommender::start(cfg, token.clone())
+            .await
+            .expect("start");
+        let addr = format!("http://{}", svc.grpc_addr());
+        let watch = pb::recommender_client::RecommenderClient::connect(addr.clone())
+            .await
+            .expect("client")
+            .max_decoding_message_size(256 << 20)
+            .watch_recommendations(pb::WatchRecommendationsRequest {
+                every_recompute: true,
+                ..Default::default()
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        Loaded {
+            _nats: nats,
+            js: async_nats::jetstream::new(nc),
+            token,
+            svc,
+            addr,
+            watch,
+        }
+    }
+
+    /// Publishes cycle `cycle` of every view and waits until each was recomputed.
+    async fn cycle(&mut self, views: &[ClusterView], cycle: u64) {
+        let subjects = Subjects::default();
+        let at = now_ms();
+        let mut msgs = Vec::new();
+        for view in views {
+            for s in snapshots(view, cycle, at) {
+                msgs.push((
+                    subjects.snapshot(&s.cluster, &s.node),
+                    headers::snapshot_msg_id(&s.cluster, &s.node, cycle),
+                    proxbalance_proto::encode(&s),
+                ));
+            }
+            let st = status(view, cycle, at);
+            msgs.push((
+                subjects.cluster_status(&st.cluster),
+                headers::cluster_status_msg_id(&st.cluster, cycle),
+                proxbalance_proto::encode(&st),
+            ));
+        }
+        publish_all(&self.js, msgs).await;
+        let mut left = views.len();
+        while left > 0 {
+            let m = self.watch.message().await.expect("watch").expect("open");
+            if m.cycle == cycle {
+                left -= 1;
+            }
+        }
+    }
+
+    async fn stop(self) {
+        self.token.cancel();
+        self.svc.wait().await.expect("stop");
+    }
+}
+
+/// `clusters` synthetic clusters of 64 nodes and 4,000 guests, named `c0`, `c1`, …
+fn large_clusters(clusters: usize) -> Vec<ClusterView> {
+    (0..clusters)
+        .map(|i| {
+            let mut v = cluster_view(64, 4000, 42 + i as u64);
+            v.cluster = format!("c{i}");
+            v
+        })
+        .collect()
+}
+
+/// 100 watchers, each on its own connection, that open `WatchRecommendations` (full view) and
+/// never read a message, while every cluster is recomputed again and again. Their memory is
+/// what HTTP/2 lets each stream buffer plus the broadcast channel's last notices (encoded
+/// bytes shared with the cache): it does not grow with the recomputations. Before, each watch
+/// started by cloning every cluster's full set, as messages, into a vector it held until read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "load test; prints figures"]
+async fn watchers_that_never_read_keep_memory_bounded() {
+    let views = large_clusters(4);
+    let mut rec = Loaded::start(|_| {}).await;
+    rec.cycle(&views, 1).await;
+    let before = rss_bytes();
+    // The clients run in this process too: with hyper's default client windows (2 MiB per
+    // stream) each idle client would buffer two megabytes of its own and the figure would be
+    // the clients'. Windows of 64 KiB leave the server's share.
+    let endpoint = tonic::transport::Endpoint::from_shared(rec.addr.clone())
+        .expect("endpoint")
+        .initial_stream_window_size(Some(65_535))
+        .initial_connection_window_size(Some(65_535));
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        let channel = endpoint.connect().await.expect("channel");
+        let stream = pb::recommender_client::RecommenderClient::new(channel)
+            .watch_recommendations(pb::WatchRecommendationsRequest {
+                every_recompute: true,
+                view: pb::SetView::Full.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        idle.push(stream);
+    }
+    let opened = rss_bytes();
+    let mut samples = Vec::new();
+    for cycle in 2..=121u64 {
+        rec.cycle(&views, cycle).await;
+        if cycle % 20 == 1 {
+            samples.push(rss_bytes());
+        }
+    }
+    let after = rss_bytes();
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "100 idle watchers (full view) of 4 clusters × 64 nodes / 4,000 guests: resident set {:.1} MiB before, {:.1} MiB once opened (+{:.1} MiB, {:.0} KiB per watcher), {} MiB after 20, 40, … 120 recomputations of every cluster ({:.1} MiB at the end, +{:.1} MiB over the opened state)",
+        mib(before),
+        mib(opened),
+        mib(opened.saturating_sub(before)),
+        opened.saturating_sub(before) as f64 / 100.0 / 1024.0,
+        samples
+            .iter()
+            .map(|b| format!("{:.1}", mib(*b)))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        mib(after),
+        mib(after.saturating_sub(opened)),
+    );
+    // Bounded: not growing with the recomputations (the broadcast keeps 64 notices at most).
+    assert!(
+        after.saturating_sub(opened) < 256 << 20,
+        "grew {:.1} MiB",
+        mib(after.saturating_sub(opened))
+    );
+    drop(idle);
+    rec.stop().await;
+}
+
+/// 64 clients send `GetRecommendations` with overrides in a closed loop (each computed
+/// afresh: a full plan of 64 nodes / 4,000 guests) while 8 clients ask for the cached set
+/// every 20 ms. With `grpc.max_fresh_plans` (half the CPUs: 1 here) the fresh plans beyond it
+/// are refused at once and the cached calls keep a CPU. Two runs: override clients that wait
+/// 100 ms after a `RESOURCE_EXHAUSTED` before asking again (what the answer asks of them; the
+/// target's run), and clients that ask again at once (the worst case; figures only). Clients
+/// and server share the 2 cores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "load test; prints figures"]
+async fn cached_calls_while_64_clients_send_overrides() {
+    let views = large_clusters(1);
+    let mut rec = Loaded::start(|_| {}).await;
+    rec.cycle(&views, 1).await;
+    let endpoint = tonic::transport::Endpoint::from_shared(rec.addr.clone())
+        .expect("endpoint")
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20));
+    let run_for = Duration::from_secs(15);
+    for backoff in [Some(Duration::from_millis(100)), None] {
+        let stop = CancellationToken::new();
+        let mut fresh_tasks = Vec::new();
+        for _ in 0..64 {
+            let channel = endpoint.connect().await.expect("channel");
+            let stop = stop.clone();
+            fresh_tasks.push(tokio::spawn(async move {
+                let mut client = pb::recommender_client::RecommenderClient::new(channel)
+                    .max_decoding_message_size(256 << 20);
+                let (mut done, mut refused) = (0u64, 0u64);
+                while !stop.is_cancelled() {
+                    let req = pb::GetRecommendationsRequest {
+                        cluster: "c0".into(),
+                        overrides: Some(pb::Overrides {
+                            thresholds: Some(pb::Thresholds {
+                                cpu: Some(65.0),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    };
+                    match client.get_recommendations(req).await {
+                        Ok(_) => done += 1,
+                        Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                            refused += 1;
+                            if let Some(pause) = backoff {
+                                tokio::time::sleep(pause).await;
+                            }
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                (done, refused)
+            }));
+        }
+        let mut cached_tasks = Vec::new();
+        for _ in 0..8 {
+            let channel = endpoint.connect().await.expect("channel");
+            let stop = stop.clone();
+            cached_tasks.push(tokio::spawn(async move {
+                let mut raw = tonic::client::Grpc::new(channel);
+                let mut tick = tokio::time::interval(Duration::from_millis(20));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut lat = Vec::new();
+                while !stop.is_cancelled() {
+                    tick.tick().await;
+                    let req = pb::GetRecommendationsRequest {
+                        cluster: "c0".into(),
+                        ..Default::default()
+                    };
+                    let t = Instant::now();
+                    raw.ready().await.expect("ready");
+                    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+                        "/proxbalance.v1.Recommender/GetRecommendations",
+                    );
+                    raw.unary(tonic::Request::new(req), path, RawCodec)
+                        .await
+                        .expect("cached answer");
+                    lat.push(t.elapsed());
+                }
+                lat
+            }));
+        }
+        tokio::time::sleep(run_for).await;
+        stop.cancel();
+        let (mut done, mut refused) = (0, 0);
+        for t in fresh_tasks {
+            let (d, r) = t.await.expect("task");
+            done += d;
+            refused += r;
+        }
+        let mut all = Vec::new();
+        for t in cached_tasks {
+            all.extend(t.await.expect("task"));
+        }
+        all.sort();
+        let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "64 clients with overrides ({}, {} s): {done} plans computed ({:.1}/s), {refused} refused with RESOURCE_EXHAUSTED; 8 cached clients every 20 ms: {} calls, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            backoff.map_or("asking again at once".to_owned(), |b| format!(
+                "waiting {} ms after a refusal",
+                b.as_millis()
+            )),
+            run_for.as_secs(),
+            done as f64 / run_for.as_secs_f64(),
+            all.len(),
+            ms(pct(0.5)),
+            ms(pct(0.99)),
+            ms(*all.last().expect("calls"))
+        );
+        if backoff.is_some() {
+            assert!(pct(0.99) < Duration::from_millis(10), "p99 {:?}", pct(0.99));
+        }
+    }
+    rec.stop().await;
 }
 
 #[test]

@@ -414,3 +414,121 @@ async fn the_history_stream_has_a_max_age() {
     assert_eq!(config.max_age, Duration::from_secs(86_400));
     assert_eq!(config.max_messages_per_subject, 1);
 }
+
+/// Requests computed afresh (overrides, a limit, migration options) take a permit of
+/// `grpc.max_fresh_plans`; beyond them they are refused with RESOURCE_EXHAUSTED at once, and
+/// cached answers are not held up. Before, every such request ran a full plan, without a cap.
+/// The test holds every permit itself, so which request is refused is not a matter of timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_plans_beyond_the_limit_are_refused() {
+    support::log();
+    let nats = NatsServer::start().expect("nats-server");
+    let url = nats.url();
+    let mut demo = Driver::start(
+        "demo",
+        &url,
+        &StreamLimits::default(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let mut config = support::config(&url);
+    config.grpc.max_fresh_plans = Some(2);
+    let rec = Recommender::start_with(config).await;
+    let mut watch = rec.watch("demo").await;
+    demo.cycle(10.0).await;
+    until_cycle(&mut watch, demo.last_cycle).await;
+    let limited = || pb::GetRecommendationsRequest {
+        cluster: "demo".into(),
+        limit: 1,
+        ..Default::default()
+    };
+    let options = || pb::GetMigrationOptionsRequest {
+        cluster: "demo".into(),
+        vmid: 601,
+        overrides: None,
+    };
+
+    let held = rec
+        .service
+        .shared()
+        .fresh_plans
+        .clone()
+        .acquire_many_owned(2)
+        .await
+        .expect("permits");
+    let expected = "2 requests computed afresh are running (grpc.max_fresh_plans); retry later, \
+                    or ask without overrides and limit for the cached set";
+    let e = rec
+        .client
+        .clone()
+        .get_recommendations(limited())
+        .await
+        .expect_err("no permit");
+    assert_eq!(
+        (e.code(), e.message()),
+        (tonic::Code::ResourceExhausted, expected)
+    );
+    let e = rec
+        .client
+        .clone()
+        .get_migration_options(options())
+        .await
+        .expect_err("no permit");
+    assert_eq!(
+        (e.code(), e.message()),
+        (tonic::Code::ResourceExhausted, expected)
+    );
+    // The cached set is served all the same.
+    assert!(answer(&rec, "demo").await.is_ok());
+
+    drop(held);
+    let fresh = rec
+        .client
+        .clone()
+        .get_recommendations(limited())
+        .await
+        .expect("a permit is free")
+        .into_inner();
+    assert!(fresh.computed_fresh);
+    assert!(fresh.set.expect("set").recommendations.len() <= 1);
+    assert!(
+        rec.client
+            .clone()
+            .get_migration_options(options())
+            .await
+            .is_ok()
+    );
+    rec.stop().await;
+}
+
+/// `grpc.max_concurrent_streams` is what the server tells each connection: with 1, a second
+/// watch on the same connection waits until the first one ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_holds_at_most_max_concurrent_streams() {
+    support::log();
+    let nats = NatsServer::start().expect("nats-server");
+    let mut config = support::config(&nats.url());
+    config.grpc.max_concurrent_streams = 1;
+    let rec = Recommender::start_with(config).await;
+    let first = rec.watch("").await;
+    let mut client = rec.client.clone();
+    let second = tokio::spawn(async move {
+        client
+            .watch_recommendations(pb::WatchRecommendationsRequest::default())
+            .await
+            .map(|_| ())
+    });
+    // No event can say a stream did not open: the second watch is given half a second.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !second.is_finished(),
+        "a second stream opened on the connection"
+    );
+    drop(first);
+    tokio::time::timeout(WAIT, second)
+        .await
+        .expect("the second watch opens once the first ended")
+        .expect("task")
+        .expect("watch");
+    rec.stop().await;
+}
