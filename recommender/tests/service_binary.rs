@@ -25,19 +25,22 @@ fn unknown_key_is_refused_with_its_name() {
     assert!(err.contains("replay_windw_s"), "{err}");
 }
 
+/// A configuration file in `dir` for the nats-server at `nats_url`, gRPC on a free port.
+fn config_file(dir: &std::path::Path, nats_url: &str) -> std::path::PathBuf {
+    let file = dir.join("r.toml");
+    std::fs::write(
+        &file,
+        format!("[nats]\nurl = \"{nats_url}\"\n[grpc]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    file
+}
+
 #[test]
 fn sigterm_stops_the_service_gracefully() {
     let nats = NatsServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("r.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[nats]\nurl = \"{}\"\n[grpc]\nlisten = \"127.0.0.1:0\"\n",
-            nats.url()
-        ),
-    )
-    .unwrap();
+    let file = config_file(dir.path(), &nats.url());
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(&file)
@@ -83,15 +86,7 @@ fn sigterm_stops_the_service_gracefully() {
 fn a_panicking_task_makes_the_process_exit_with_an_error() {
     let nats = NatsServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("r.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[nats]\nurl = \"{}\"\n[grpc]\nlisten = \"127.0.0.1:0\"\n",
-            nats.url()
-        ),
-    )
-    .unwrap();
+    let file = config_file(dir.path(), &nats.url());
     let child = Command::new(BIN)
         .arg("--config")
         .arg(&file)

@@ -260,8 +260,15 @@ impl RunningService {
     /// task panicked ([`ServiceError::Task`]; the other tasks were stopped).
     pub async fn wait(self) -> Result<(), ServiceError> {
         let ended = self.tasks.wait().await;
-        if let Err(e) = self.nats.flush().await {
-            tracing::warn!(error = %e, "NATS flush at shutdown failed");
+        // Bounded: while NATS is unreachable a flush would wait for the reconnection.
+        let limit = Duration::from_millis(self.shared.config.grpc.shutdown_timeout_ms);
+        match tokio::time::timeout(limit, self.nats.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "NATS flush at shutdown failed"),
+            Err(_) => tracing::warn!(
+                timeout_ms = limit.as_millis() as u64,
+                "NATS flush at shutdown timed out (NATS unreachable)"
+            ),
         }
         tracing::info!("recommender stopped");
         Ok(ended?)

@@ -177,27 +177,6 @@ mod tests {
         assert!(st.evaluate_overload("c").is_empty());
     }
 
-    /// `(node, state, since, cause)` of each event.
-    fn lifecycle(
-        events: &[pb::OverloadEvent],
-    ) -> Vec<(String, pb::OverloadState, i64, pb::OverloadClearCause)> {
-        events
-            .iter()
-            .map(|e| (e.node.clone(), e.state(), e.since_unix_ms, e.clear_cause()))
-            .collect()
-    }
-
-    /// Node `node` at 90 % CPU (overloaded) in `cycle`, observed at `at`.
-    fn hot(node: &str, cycle: u64, at: i64) -> pb::NodeSnapshot {
-        let mut s = snap(node, cycle, at, 0.9);
-        s.guests[0].vmid = match node {
-            "a" => 100,
-            "b" => 200,
-            _ => 300,
-        };
-        s
-    }
-
     /// Applies a cycle of `nodes` (hot unless `cool`) and its status; returns the events.
     fn cycle(st: &mut State, cycle: u64, at: i64, nodes: &[&str]) -> Vec<pb::OverloadEvent> {
         for n in nodes {

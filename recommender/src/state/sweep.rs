@@ -62,31 +62,14 @@ mod tests {
     use super::super::test_support::*;
     use super::*;
 
-    fn overloaded(node: &str, cycle: u64, at: i64) -> pb::NodeSnapshot {
-        let mut s = snap(node, cycle, at, 0.9);
-        if node == "b" {
-            s.guests[0].vmid = 200;
-        }
-        s
-    }
-
-    fn summary(
-        events: &[pb::OverloadEvent],
-    ) -> Vec<(String, pb::OverloadState, i64, pb::OverloadClearCause)> {
-        events
-            .iter()
-            .map(|e| (e.node.clone(), e.state(), e.since_unix_ms, e.clear_cause()))
-            .collect()
-    }
-
     #[test]
     fn quiet_nodes_are_cleared_then_forgotten_with_their_cluster() {
         let mut st = State::new(StateSettings {
             retention_ms: 3_600_000,
             ..settings()
         });
-        ingest_snap(&mut st, &overloaded("a", 1, T0)).unwrap();
-        ingest_snap(&mut st, &overloaded("b", 1, T0)).unwrap();
+        ingest_snap(&mut st, &hot("a", 1, T0)).unwrap();
+        ingest_snap(&mut st, &hot("b", 1, T0)).unwrap();
         st.apply_status(status(1, &["a", "b"]));
         assert_eq!(st.evaluate_overload("c").len(), 2);
         // Within the staleness: nothing.
@@ -94,7 +77,7 @@ mod tests {
         // The collector died: past the staleness both are cleared as stale, once.
         let cleared = st.sweep(T0 + 61_000);
         assert_eq!(
-            summary(&cleared),
+            lifecycle(&cleared),
             vec![
                 (
                     "a".to_owned(),
@@ -125,13 +108,13 @@ mod tests {
             retention_ms: 120_000,
             ..settings()
         });
-        ingest_snap(&mut st, &overloaded("a", 1, T0)).unwrap();
+        ingest_snap(&mut st, &hot("a", 1, T0)).unwrap();
         st.apply_status(status(1, &["a"]));
         assert_eq!(st.evaluate_overload("c").len(), 1);
         // No sweep ran while it was only stale (the recommender was replaying, say).
         let cleared = st.sweep(T0 + 120_001);
         assert_eq!(
-            summary(&cleared),
+            lifecycle(&cleared),
             vec![(
                 "a".to_owned(),
                 pb::OverloadState::Cleared,

@@ -131,3 +131,25 @@ pub fn refusal(r: Result<Ingested, Rejection>) -> String {
 }
 
 pub const DAY_MS: i64 = 86_400_000;
+
+/// `(node, state, since, clear cause)` of each overload event.
+pub fn lifecycle(
+    events: &[pb::OverloadEvent],
+) -> Vec<(String, pb::OverloadState, i64, pb::OverloadClearCause)> {
+    events
+        .iter()
+        .map(|e| (e.node.clone(), e.state(), e.since_unix_ms, e.clear_cause()))
+        .collect()
+}
+
+/// Node `node` at 90 % CPU (overloaded) in `cycle`, observed at `at`, with a guest of its own
+/// (vmid 100 on `a`, 200 on `b`, 300 elsewhere).
+pub fn hot(node: &str, cycle: u64, at: i64) -> pb::NodeSnapshot {
+    let mut s = snap(node, cycle, at, 0.9);
+    s.guests[0].vmid = match node {
+        "a" => 100,
+        "b" => 200,
+        _ => 300,
+    };
+    s
+}

@@ -163,17 +163,7 @@ fn rss_bytes() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark; prints figures"]
 async fn ingest_throughput() {
-    let nats = NatsServer::start().expect("nats");
-    let nc = async_nats::connect(nats.url()).await.expect("connect");
-    Publisher::new(
-        nc.clone(),
-        Subjects::default(),
-        &StreamLimits::default(),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("streams");
-    let js = async_nats::jetstream::new(nc);
+    let (nats, js) = nats_with_streams().await;
     let subjects = Subjects::default();
     // 200 nodes × 30 guests, 150 cycles = 30,000 snapshots; no cluster status, so the figure is
     // ingest alone (no recomputation).
@@ -226,69 +216,31 @@ async fn ingest_throughput() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark; prints figures"]
 async fn get_recommendations_latency() {
-    let nats = NatsServer::start().expect("nats");
-    let nc = async_nats::connect(nats.url()).await.expect("connect");
-    Publisher::new(
-        nc.clone(),
-        Subjects::default(),
-        &StreamLimits::default(),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("streams");
-    let js = async_nats::jetstream::new(nc);
-    let subjects = Subjects::default();
-
-    let mut cfg = Config::default();
-    cfg.nats.url = nats.url();
-    cfg.grpc.listen = "127.0.0.1:0".into();
-    let token = CancellationToken::new();
-    let svc = proxbalance_recommender::start(cfg, token.clone())
-        .await
-        .expect("start");
-    let addr = format!("http://{}", svc.grpc_addr());
-    let client = pb::recommender_client::RecommenderClient::connect(addr.clone())
-        .await
-        .expect("client")
-        .max_decoding_message_size(256 << 20);
-    let mut watch = client
-        .clone()
-        .watch_recommendations(pb::WatchRecommendationsRequest {
-            cluster: String::new(),
-            every_recompute: true,
-            view: pb::SetView::Full.into(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-
     let view = cluster_view(64, 4000, 42);
     let cluster_name = view.cluster.clone();
-    let at = now_ms();
-    let mut msgs: Vec<(String, String, Vec<u8>)> = snapshots(&view, 1, at)
-        .iter()
-        .map(|s| {
-            (
-                subjects.snapshot(&s.cluster, &s.node),
-                headers::snapshot_msg_id(&s.cluster, &s.node, 1),
-                proxbalance_proto::encode(s),
-            )
-        })
-        .collect();
-    let st = status(&view, 1, at);
-    msgs.push((
-        subjects.cluster_status(&st.cluster),
-        headers::cluster_status_msg_id(&st.cluster, 1),
-        proxbalance_proto::encode(&st),
-    ));
+    let mut rec = Loaded::start(|_| {}).await;
+    let addr = rec.addr.clone();
     let t = Instant::now();
-    publish_all(&js, msgs).await;
-    let first = watch.message().await.expect("watch").expect("open");
-    let set = first.recommendations.expect("set");
+    rec.cycle(std::slice::from_ref(&view), 1).await;
+    let recomputed = t.elapsed();
+    let set = pb::recommender_client::RecommenderClient::connect(addr.clone())
+        .await
+        .expect("client")
+        .max_decoding_message_size(256 << 20)
+        .get_recommendations(pb::GetRecommendationsRequest {
+            cluster: cluster_name.clone(),
+            view: pb::SetView::Full.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .set
+        .expect("set");
     let basic = convert::basic_view(&set);
     println!(
         "64 nodes / 4000 guests: published and recomputed in {:.0} ms; {} recommendations, {} skipped, {} bytes encoded in the full view, {} in the basic view",
-        t.elapsed().as_secs_f64() * 1000.0,
+        recomputed.as_secs_f64() * 1000.0,
         set.recommendations.len(),
         set.skipped.len(),
         prost::Message::encoded_len(&set),
@@ -398,8 +350,7 @@ async fn get_recommendations_latency() {
     }
     // The set converts back losslessly (what the CLI prints).
     assert!(convert::set_from_proto(&set).is_ok());
-    token.cancel();
-    svc.wait().await.expect("stop");
+    rec.stop().await;
 }
 
 /// A recommender on a fresh nats-server (streams created), with a watch of every
@@ -413,18 +364,24 @@ struct Loaded {
     watch: tonic::Streaming<pb::RecommendationsChanged>,
 }
 
+/// A nats-server with the collector's streams, and a JetStream context on it.
+async fn nats_with_streams() -> (NatsServer, async_nats::jetstream::Context) {
+    let nats = NatsServer::start().expect("nats");
+    let nc = async_nats::connect(nats.url()).await.expect("connect");
+    Publisher::new(
+        nc.clone(),
+        Subjects::default(),
+        &StreamLimits::default(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("streams");
+    (nats, async_nats::jetstream::new(nc))
+}
+
 impl Loaded {
     async fn start(configure: impl FnOnce(&mut Config)) -> Loaded {
-        let nats = NatsServer::start().expect("nats");
-        let nc = async_nats::connect(nats.url()).await.expect("connect");
-        Publisher::new(
-            nc.clone(),
-            Subjects::default(),
-            &StreamLimits::default(),
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("streams");
+        let (nats, js) = nats_with_streams().await;
         let mut cfg = Config::default();
         cfg.nats.url = nats.url();
         cfg.grpc.listen = "127.0.0.1:0".into();
@@ -447,7 +404,7 @@ impl Loaded {
             .into_inner();
         Loaded {
             _nats: nats,
-            js: async_nats::jetstream::new(nc),
+            js,
             token,
             svc,
             addr,

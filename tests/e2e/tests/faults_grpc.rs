@@ -5,12 +5,9 @@
 
 mod support;
 
-use std::time::Duration;
-
-use proxbalance_collector::publisher::StreamLimits;
 use proxbalance_e2e::NatsServer;
 use proxbalance_proto::v1 as pb;
-use support::{Driver, Recommender, until_cycle};
+use support::Recommender;
 
 fn request(overrides: pb::Overrides) -> pb::GetRecommendationsRequest {
     pb::GetRecommendationsRequest {
@@ -39,20 +36,12 @@ fn penalty(key: &str, value: &str) -> pb::Overrides {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_with_a_status_and_never_crash() {
-    support::log();
-    let nats = NatsServer::start().expect("nats-server");
-    let url = nats.url();
-    let mut demo = Driver::start(
-        "demo",
-        &url,
-        &StreamLimits::default(),
-        Duration::from_secs(5),
-    )
-    .await;
-    let rec = Recommender::start(&url).await;
-    let mut watch = rec.watch("demo").await;
-    demo.cycle(10.0).await;
-    until_cycle(&mut watch, demo.last_cycle).await;
+    let support::Live {
+        rec,
+        demo,
+        nats: _nats,
+        ..
+    } = support::Live::start(|_| {}).await;
     let good = rec.recommendations("demo").await;
 
     let huge = "n".repeat(5 << 20);
@@ -141,6 +130,40 @@ async fn bad_requests_are_refused_with_a_status_and_never_crash() {
     demo.sim.shutdown().await;
 }
 
+/// Asks `$client` (a reflection client of version module `$v`) one question; the answer.
+macro_rules! reflect {
+    ($client:expr, $v:ident, $request:expr) => {{
+        let request = $v::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some($request),
+        };
+        $client
+            .server_reflection_info(futures_util::stream::iter([request]))
+            .await
+            .expect("reflection is served")
+            .into_inner()
+            .message()
+            .await
+            .expect("answer")
+            .expect("one answer")
+            .message_response
+    }};
+}
+
+/// The sorted service names of a `ListServices` answer of version module `$v`.
+macro_rules! listed {
+    ($answer:expr, $v:ident) => {
+        match $answer {
+            Some($v::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
+                let mut names: Vec<String> = l.service.into_iter().map(|s| s.name).collect();
+                names.sort();
+                names
+            }
+            other => panic!("not a service list: {other:?}"),
+        }
+    };
+}
+
 /// Both reflection versions list every service the server answers (health included) and
 /// describe health's file: grpcurl speaks v1, Python's grpcio-reflection only v1alpha.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,93 +186,34 @@ async fn reflection_serves_v1_and_v1alpha_clients_every_service() {
         "grpc.reflection.v1alpha.ServerReflection",
         "proxbalance.v1.Recommender",
     ];
-    let health_file = |encoded: &[Vec<u8>]| -> (String, Vec<String>) {
-        let file = prost_types::FileDescriptorProto::decode(encoded[0].as_slice())
-            .expect("a file descriptor");
-        let services = file.service.iter().map(|s| s.name().to_owned()).collect();
-        (file.package().to_owned(), services)
-    };
 
     // v1alpha, the only version grpcio-reflection speaks.
     let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel.clone());
-    let ask = |req: v1alpha::server_reflection_request::MessageRequest| {
-        futures_util::stream::iter([v1alpha::ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(req),
-        }])
-    };
-    let mut answers = alpha
-        .server_reflection_info(ask(
-            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
-        ))
-        .await
-        .expect("v1alpha is served")
-        .into_inner();
-    let listed = match answers
-        .message()
-        .await
-        .expect("answer")
-        .expect("one answer")
-        .message_response
-    {
-        Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
-            let mut names: Vec<String> = l.service.into_iter().map(|s| s.name).collect();
-            names.sort();
-            names
-        }
-        other => panic!("not a service list: {other:?}"),
-    };
-    assert_eq!(listed, expected_services);
-    let mut answers = alpha
-        .server_reflection_info(ask(
-            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
-                "grpc.health.v1.Health".into(),
-            ),
-        ))
-        .await
-        .expect("v1alpha is served")
-        .into_inner();
-    match answers
-        .message()
-        .await
-        .expect("answer")
-        .expect("one answer")
-        .message_response
-    {
+    let list = v1alpha::server_reflection_request::MessageRequest::ListServices(String::new());
+    assert_eq!(
+        listed!(reflect!(alpha, v1alpha, list), v1alpha),
+        expected_services
+    );
+    let health = v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+        "grpc.health.v1.Health".into(),
+    );
+    match reflect!(alpha, v1alpha, health) {
         Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(f)) => {
+            let file =
+                prost_types::FileDescriptorProto::decode(f.file_descriptor_proto[0].as_slice())
+                    .expect("a file descriptor");
+            let services: Vec<&str> = file.service.iter().map(|s| s.name()).collect();
             assert_eq!(
-                health_file(&f.file_descriptor_proto),
-                ("grpc.health.v1".to_owned(), vec!["Health".to_owned()])
+                (file.package(), services),
+                ("grpc.health.v1", vec!["Health"])
             );
         }
         other => panic!("not a file: {other:?}"),
     }
 
-    // v1, what grpcurl asks first: the same list and the same file.
+    // v1, what grpcurl asks first: the same list.
     let mut v1c = v1::server_reflection_client::ServerReflectionClient::new(channel);
-    let mut answers = v1c
-        .server_reflection_info(futures_util::stream::iter([v1::ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
-                String::new(),
-            )),
-        }]))
-        .await
-        .expect("v1 is served")
-        .into_inner();
-    match answers
-        .message()
-        .await
-        .expect("answer")
-        .expect("one answer")
-        .message_response
-    {
-        Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
-            let mut names: Vec<String> = l.service.into_iter().map(|s| s.name).collect();
-            names.sort();
-            assert_eq!(names, expected_services);
-        }
-        other => panic!("not a service list: {other:?}"),
-    }
+    let list = v1::server_reflection_request::MessageRequest::ListServices(String::new());
+    assert_eq!(listed!(reflect!(v1c, v1, list), v1), expected_services);
     rec.stop().await;
 }

@@ -6,7 +6,6 @@ mod support;
 
 use std::time::Duration;
 
-use proxbalance_collector::publisher::StreamLimits;
 use proxbalance_e2e::NatsServer;
 use proxbalance_proto::subjects::Subjects;
 use proxbalance_proto::v1 as pb;
@@ -36,15 +35,7 @@ async fn answer(
     rec: &Recommender,
     cluster: &str,
 ) -> Result<pb::GetRecommendationsResponse, tonic::Status> {
-    rec.client
-        .clone()
-        .get_recommendations(pb::GetRecommendationsRequest {
-            cluster: cluster.into(),
-            view: pb::SetView::Full.into(),
-            ..Default::default()
-        })
-        .await
-        .map(tonic::Response::into_inner)
+    support::answer(&rec.client, cluster).await
 }
 
 async fn cluster_state(rec: &Recommender, cluster: &str) -> pb::GetClusterStateResponse {
@@ -86,20 +77,14 @@ async fn assert_not_frozen(rec: &Recommender, cluster: &str) {
 /// a restarted recommender replayed it back. It is refused now, live and in the replay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_from_the_future_freezes_nothing() {
-    support::log();
-    let nats = NatsServer::start().expect("nats-server");
+    let support::Live {
+        nats,
+        mut demo,
+        rec,
+        mut watch,
+        first: out,
+    } = support::Live::start(|_| {}).await;
     let url = nats.url();
-    let mut demo = Driver::start(
-        "demo",
-        &url,
-        &StreamLimits::default(),
-        Duration::from_secs(5),
-    )
-    .await;
-    let rec = Recommender::start(&url).await;
-    let mut watch = rec.watch("demo").await;
-    let (out, _) = demo.cycle(10.0).await;
-    until_cycle(&mut watch, demo.last_cycle).await;
 
     // The collector's clock a day ahead: its observation time and its cycle id (the cycle's
     // start by its clock) are.
@@ -128,17 +113,14 @@ async fn a_snapshot_from_the_future_freezes_nothing() {
 /// live one is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_answers_are_unavailable() {
-    support::log();
-    let nats = NatsServer::start().expect("nats-server");
+    let support::Live {
+        nats,
+        rec,
+        first: out,
+        ..
+    } = support::Live::start(|c| c.state.max_answer_age_s = 300).await;
     let url = nats.url();
-    let limits = StreamLimits::default();
-    let mut demo = Driver::start("demo", &url, &limits, Duration::from_secs(5)).await;
-    let mut config = support::config(&url);
-    config.state.max_answer_age_s = 300;
-    let rec = Recommender::start_with(config).await;
     let mut watch = rec.watch("").await;
-    let (out, _) = demo.cycle(10.0).await;
-    until_cycle(&mut watch, demo.last_cycle).await;
     let a = answer(&rec, "demo")
         .await
         .expect("a live cluster is served");
@@ -152,7 +134,7 @@ async fn old_answers_are_unavailable() {
     assert!((0..60_000).contains(&a.age_ms), "age {}", a.age_ms);
 
     // Cluster `old`: one cycle collected (pvesim's demo) and published as if ten minutes ago.
-    let mut old = Driver::start("old", &url, &limits, Duration::from_secs(5)).await;
+    let mut old = Driver::demo("old", &url).await;
     let mut cycle = old.collector.collect().await;
     let ten_minutes_ago = now_ms() - 600_000;
     let subjects = Subjects::default();
@@ -298,13 +280,7 @@ async fn transitions_seen_in_the_replay_are_published_once() {
     support::log();
     let nats = NatsServer::start().expect("nats-server");
     let url = nats.url();
-    let mut demo = Driver::start(
-        "demo",
-        &url,
-        &StreamLimits::default(),
-        Duration::from_secs(5),
-    )
-    .await;
+    let mut demo = Driver::demo("demo", &url).await;
     for _ in 0..2 {
         demo.cycle(10.0).await;
     }
@@ -352,22 +328,17 @@ async fn transitions_seen_in_the_replay_are_published_once() {
 /// last snapshot plus the staleness (the instant a replay would compute, so the same id).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raised_overload_is_cleared_when_its_collector_stops() {
-    support::log();
-    let nats = NatsServer::start().expect("nats-server");
-    let url = nats.url();
-    let mut demo = Driver::start(
-        "demo",
-        &url,
-        &StreamLimits::default(),
-        Duration::from_secs(5),
-    )
+    let support::Live {
+        nats,
+        rec,
+        first: out,
+        ..
+    } = support::Live::start(|c| {
+        c.state.staleness_s = 2;
+        c.state.max_clock_skew_s = 1;
+    })
     .await;
-    let mut config = support::config(&url);
-    config.state.staleness_s = 2;
-    config.state.max_clock_skew_s = 1;
-    let rec = Recommender::start_with(config).await;
-    let mut events = StoredEvents::follow(&url).await;
-    let (out, _) = demo.cycle(10.0).await;
+    let mut events = StoredEvents::follow(&nats.url()).await;
     events
         .until(|e| is(e, "pve2", pb::OverloadState::Raised))
         .await;
@@ -421,22 +392,9 @@ async fn the_history_stream_has_a_max_age() {
 /// The test holds every permit itself, so which request is refused is not a matter of timing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_plans_beyond_the_limit_are_refused() {
-    support::log();
-    let nats = NatsServer::start().expect("nats-server");
-    let url = nats.url();
-    let mut demo = Driver::start(
-        "demo",
-        &url,
-        &StreamLimits::default(),
-        Duration::from_secs(5),
-    )
-    .await;
-    let mut config = support::config(&url);
-    config.grpc.max_fresh_plans = Some(2);
-    let rec = Recommender::start_with(config).await;
-    let mut watch = rec.watch("demo").await;
-    demo.cycle(10.0).await;
-    until_cycle(&mut watch, demo.last_cycle).await;
+    let support::Live {
+        rec, nats: _nats, ..
+    } = support::Live::start(|c| c.grpc.max_fresh_plans = Some(2)).await;
     let limited = || pb::GetRecommendationsRequest {
         cluster: "demo".into(),
         limit: 1,
@@ -531,4 +489,19 @@ async fn a_connection_holds_at_most_max_concurrent_streams() {
         .expect("task")
         .expect("watch");
     rec.stop().await;
+}
+
+/// Found while writing these tests: with NATS unreachable, stopping the service waited for the
+/// final flush until NATS came back (Kubernetes would kill it after its grace period). The flush
+/// is bounded by `grpc.shutdown_timeout_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_stops_while_nats_is_down() {
+    let support::Live { mut nats, rec, .. } =
+        support::Live::start(|c| c.grpc.shutdown_timeout_ms = 1000).await;
+    nats.stop();
+    rec.token.cancel();
+    tokio::time::timeout(Duration::from_secs(30), rec.service.wait())
+        .await
+        .expect("stopped within the shutdown timeout")
+        .expect("stopped cleanly");
 }

@@ -106,6 +106,18 @@ impl Driver {
         Self::with_client(cluster, sim, client, nats_url, limits, ack_timeout).await
     }
 
+    /// The demo cluster `cluster` with the default stream limits and a 5 s acknowledgement
+    /// timeout.
+    pub async fn demo(cluster: &str, nats_url: &str) -> Driver {
+        Self::start(
+            cluster,
+            nats_url,
+            &StreamLimits::default(),
+            Duration::from_secs(5),
+        )
+        .await
+    }
+
     /// Like [`Driver::start`] with a given simulator and PVE client.
     pub async fn with_client(
         cluster: &str,
@@ -237,6 +249,18 @@ pub async fn recommendations(
     client: &RecommenderClient<Channel>,
     cluster: &str,
 ) -> pb::RecommendationSet {
+    answer(client, cluster)
+        .await
+        .expect("recommendations")
+        .set
+        .expect("set")
+}
+
+/// The whole `GetRecommendations` answer of the cached set, full view.
+pub async fn answer(
+    client: &RecommenderClient<Channel>,
+    cluster: &str,
+) -> Result<pb::GetRecommendationsResponse, tonic::Status> {
     client
         .clone()
         .get_recommendations(pb::GetRecommendationsRequest {
@@ -245,10 +269,7 @@ pub async fn recommendations(
             ..Default::default()
         })
         .await
-        .expect("recommendations")
-        .into_inner()
-        .set
-        .expect("set")
+        .map(tonic::Response::into_inner)
 }
 
 /// Reads the watch stream until the recomputation of `cycle` (or a later one).
@@ -352,4 +373,47 @@ pub async fn nats_connect(urls: &str) -> async_nats::Client {
         .map(|u| u.trim().parse().expect("server url"))
         .collect();
     async_nats::connect(servers).await.expect("nats")
+}
+
+/// A real nats-server, the demo cluster's collector driven a cycle at a time and the
+/// recommender in-process, with a watch of `demo` that saw the first cycle's recomputation.
+/// Keep `nats` bound while the rest is used: dropping it stops the server.
+pub struct Live {
+    pub nats: proxbalance_e2e::NatsServer,
+    pub demo: Driver,
+    pub rec: Recommender,
+    pub watch: tonic::Streaming<pb::RecommendationsChanged>,
+    /// The first cycle's messages.
+    pub first: CycleOutput,
+}
+
+impl Live {
+    /// Starts everything with the recommender's configuration changed by `configure`, and
+    /// runs the first cycle.
+    pub async fn start(configure: impl FnOnce(&mut Config)) -> Live {
+        log();
+        let nats = proxbalance_e2e::NatsServer::start().expect("nats-server");
+        let url = nats.url();
+        let mut demo = Driver::demo("demo", &url).await;
+        let mut config = config(&url);
+        configure(&mut config);
+        let rec = Recommender::start_with(config).await;
+        let mut watch = rec.watch("demo").await;
+        let (first, _) = demo.cycle(10.0).await;
+        until_cycle(&mut watch, demo.last_cycle).await;
+        Live {
+            nats,
+            demo,
+            rec,
+            watch,
+            first,
+        }
+    }
+
+    /// Runs the next cycle and waits for its recomputation.
+    pub async fn cycle(&mut self) -> CycleOutput {
+        let (out, _) = self.demo.cycle(10.0).await;
+        until_cycle(&mut self.watch, self.demo.last_cycle).await;
+        out
+    }
 }
