@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use pvesim::{RunningSim, Scenario, Simulator};
 use serde_json::Value;
 
-const DEMO: &str = include_str!("../../../deploy/demo-scenario.toml");
+const DEMO: &str = include_str!("../../../../deploy/demo-scenario.toml");
 const TOKEN: &str = "PVEAPIToken=proxbalance@pve!collector=5f0c8a8e-2b1d-4c3e-9a77-0d1e2f3a4b5c";
 
 async fn start() -> (RunningSim, reqwest::Client) {

@@ -5,10 +5,10 @@
 //! (wall clock − the oldest cluster's newest snapshot) and a `GetRecommendations` call.
 //!
 //! ```sh
-//! SOAK_SECS=90 cargo test -p proxbalance-e2e --release --test soak -- --ignored --nocapture
+//! SOAK_SECS=90 cargo test -p proxbalance-e2e --release --test e2e soak:: -- --ignored --nocapture
 //! ```
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

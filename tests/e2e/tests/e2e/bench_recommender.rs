@@ -1,5 +1,5 @@
 //! Recommender figures for `BENCHMARKS.md` (ignored by default; run with
-//! `cargo test -p proxbalance-e2e --release --test bench_recommender -- --ignored --nocapture --test-threads 1`).
+//! `cargo test -p proxbalance-e2e --release --test e2e bench_recommender:: -- --ignored --nocapture --test-threads 1`).
 //!
 //! - ingest: snapshots of 30 guests each published to a real nats-server, then read by a
 //!   recommender through its ordered consumer (start-up replay) into applied state;

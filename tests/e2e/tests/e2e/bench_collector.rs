@@ -1,5 +1,5 @@
 //! Collector cycle figures on pvesim for `BENCHMARKS.md` (ignored by default; run with
-//! `cargo test -p proxbalance-e2e --release --test bench_collector -- --ignored --nocapture`).
+//! `cargo test -p proxbalance-e2e --release --test e2e bench_collector:: -- --ignored --nocapture`).
 
 use std::time::{Duration, Instant};
 

@@ -22,7 +22,7 @@ use pvesim::{RunningSim, Scenario, Simulator};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-const DEMO: &str = include_str!("../../../deploy/demo-scenario.toml");
+const DEMO: &str = include_str!("../../../../deploy/demo-scenario.toml");
 const TOKEN_ID: &str = "proxbalance@pve!collector";
 const TOKEN_SECRET: &str = "5f0c8a8e-2b1d-4c3e-9a77-0d1e2f3a4b5c";
 const WAIT: Duration = Duration::from_secs(60);

@@ -3,7 +3,7 @@
 //! request over the 4 MiB decoding limit, which tonic refuses before decoding), and the
 //! service keeps answering.
 
-mod support;
+use crate::support;
 
 use proxbalance_e2e::NatsServer;
 use proxbalance_proto::v1 as pb;

@@ -592,7 +592,7 @@ fn the_secrets_are_required_to_start() {
 
 // ------------------------------------------------------------------------ the real services
 
-const DEMO: &str = include_str!("../../../deploy/demo-scenario.toml");
+const DEMO: &str = include_str!("../../../../deploy/demo-scenario.toml");
 const PVE_TOKEN_ID: &str = "proxbalance@pve!collector";
 const PVE_TOKEN_SECRET: &str = "5f0c8a8e-2b1d-4c3e-9a77-0d1e2f3a4b5c";
 

@@ -3,7 +3,7 @@
 //! buffer; once the server is back it re-publishes in order with the original `Nats-Msg-Id`,
 //! and the recommender's consumer resumes. Published, stored and applied snapshots match.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -11,8 +11,7 @@
 //! 3. SIGTERM with two open watch streams: the process exits within its shutdown timeout and
 //!    the streams end.
 
-#[path = "../../tests/e2e/tests/support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -215,7 +214,7 @@ async fn publish_hostile(nats_url: &str) -> BTreeMap<String, u64> {
     cases.push(("guest_on_two_nodes", snapshot("b", &[200, 100])));
     cases.push(("duplicate_guest", snapshot("b", &[200, 200])));
     // 10,001 guests: over the limit, under NATS' 1 MiB payload maximum (the 100,000-guest
-    // and megabyte-name cases are in tests/hostile_snapshots.rs: NATS refuses such payloads).
+    // and megabyte-name cases are in hostile_snapshots.rs beside this file: NATS refuses such payloads).
     let many: Vec<u32> = (1..=10_001).collect();
     cases.push(("too_many_items", snapshot("b", &many)));
     let mut s = snapshot("b", &[200]);

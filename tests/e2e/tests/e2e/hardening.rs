@@ -2,7 +2,7 @@
 //! the collector on pvesim publishing to a real nats-server, hand-made messages published
 //! beside it, and the recommender in-process answering over gRPC.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
