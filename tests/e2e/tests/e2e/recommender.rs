@@ -22,6 +22,8 @@ use pvesim::{RunningSim, Scenario, Simulator};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use crate::support::until_cycle;
+
 const DEMO: &str = include_str!("../../../../deploy/demo-scenario.toml");
 const TOKEN_ID: &str = "proxbalance@pve!collector";
 const TOKEN_SECRET: &str = "5f0c8a8e-2b1d-4c3e-9a77-0d1e2f3a4b5c";
@@ -239,27 +241,6 @@ impl Recommender {
         .await
         .expect("serving in time");
     }
-}
-
-/// Reads the watch stream until the recomputation of `cycle` (or a later one).
-async fn until_cycle(
-    stream: &mut tonic::Streaming<pb::RecommendationsChanged>,
-    cycle: u64,
-) -> pb::RecommendationsChanged {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let m = stream
-                .message()
-                .await
-                .expect("watch message")
-                .expect("watch open");
-            if m.cycle >= cycle {
-                return m;
-            }
-        }
-    })
-    .await
-    .expect("cycle recomputed in time")
 }
 
 /// One event read from the events stream.
