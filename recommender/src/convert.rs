@@ -94,6 +94,7 @@ enum_conversions!(
         InsufficientImprovement,
         NoSuitableTarget,
         ConfigUnknown,
+        ManagedByPveCrs,
     ]
 );
 
@@ -111,6 +112,8 @@ enum_conversions!(
         MemImbalance,
         AntiAffinity,
         Overcommit,
+        NodeAffinity,
+        Affinity,
     ]
 );
 
@@ -131,6 +134,7 @@ enum_conversions!(
         Iowait,
         Affinity,
         NodeHealth,
+        NodeAffinity,
     ]
 );
 
@@ -178,6 +182,7 @@ field_conversions!(
         iowait,
         anti_affinity,
         affinity,
+        pins,
         total,
         cost,
     ]

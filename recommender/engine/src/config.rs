@@ -119,6 +119,16 @@ impl PlannerKind {
     }
 }
 
+/// What happens to guests Proxmox HA manages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HaGuests {
+    /// Left where they are (`ha_managed`): HA decides where they run.
+    Skip,
+    /// Planned within their HA rules; their command is `ha-manager crm-command migrate`.
+    Recommend,
+}
+
 /// How the sensitivity of the simplified settings scales a key (docs/engine.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scaling {
@@ -249,12 +259,22 @@ penalty_config! {
     max_moves: f64 = 0.0; Fixed,
     /// The most memory (GiB, Σ maxmem) one plan migrates; the rest is deferred. 0: no limit.
     max_gib: f64 = 0.0; Fixed,
+    /// Objective points per guest off the nodes of a node-affinity rule (pin) it belongs to.
+    pin_weight: f64 = 100.0; Fixed,
+    /// Guests Proxmox HA manages: `skip` them, or `recommend` moves within their HA rules.
+    ha_guests: HaGuests = HaGuests::Skip; Fixed,
+    /// Memory every node holds back from guests, GiB (the capacity gate and the balance
+    /// terms see only the rest).
+    node_reserve_gb: f64 = 0.0; Fixed,
+    /// The same as a percentage of each node's RAM; the larger of the two applies.
+    node_reserve_percent: f64 = 0.0; Fixed,
 }
 
 /// The keys whose value is a word, with the words they take.
-const WORD_KEYS: [(&str, &str); 2] = [
+const WORD_KEYS: [(&str, &str); 3] = [
     ("capacity_basis", "\"committed\" or \"used\""),
     ("planner", "\"cluster\" or \"reference\""),
+    ("ha_guests", "\"skip\" or \"recommend\""),
 ];
 
 impl PenaltyConfig {
@@ -319,6 +339,12 @@ impl PenaltyConfig {
             return Err(ConfigError::invalid(
                 "weight_current",
                 format!("the three time weights must sum to 1, got {sum}"),
+            ));
+        }
+        if self.node_reserve_percent >= 100.0 {
+            return Err(ConfigError::invalid(
+                "node_reserve_percent",
+                "must be below 100",
             ));
         }
         if self.capacity_headroom >= 1.0 {
@@ -635,7 +661,7 @@ mod tests {
         assert_eq!(c.mem_overcommit_high_penalty, 40.0);
         assert_eq!(c.capacity_headroom, 0.05);
         assert_eq!(c.capacity_basis, CapacityBasis::Committed);
-        assert_eq!(PenaltyConfig::keys().len(), 69);
+        assert_eq!(PenaltyConfig::keys().len(), 73);
         assert_eq!(c.active_preset(), Some(Preset::Balanced));
     }
 

@@ -17,6 +17,7 @@ mod plan;
 mod planner;
 mod reference;
 mod report;
+mod rules;
 mod score;
 mod set;
 pub mod synthetic;
@@ -26,14 +27,15 @@ mod view;
 pub mod window;
 
 pub use config::{
-    CapacityBasis, ConfigError, MigrationSettings, Overrides, PenaltyConfig, PlannerKind, Preset,
-    SeasonalBaseline, Thresholds,
+    CapacityBasis, ConfigError, HaGuests, MigrationSettings, Overrides, PenaltyConfig, PlannerKind,
+    Preset, SeasonalBaseline, Thresholds,
 };
 pub use error::ViewError;
 pub use options::{
     GuestGate, MigrationOptions, SourceOption, TargetOption, UnknownGuest, migration_options,
 };
 pub use plan::plan;
+pub use rules::{Rule, RuleKind, RuleNode, RuleSource, RuleView};
 pub use score::{
     Components, PENALTY_KEYS, PenaltyBreakdown, PenaltyClass, ScoreDetails, ScoreMetrics,
 };
@@ -46,7 +48,7 @@ pub use set::{
 pub use tags::GuestTags;
 pub use trend::{Confidence, Direction, MetricTrend, TrendAnalysis, TrendSummary};
 pub use view::{
-    Cluster, ClusterView, CurrentMetrics, DayAverages, Guest, GuestKind, GuestView, HistorySample,
-    Node, NodeStatus, NodeView, Storage, VIEW_FORMAT, WeekStats,
+    Cluster, ClusterView, Crs, CrsMode, CurrentMetrics, DayAverages, Guest, GuestKind, GuestView,
+    HistorySample, Node, NodeStatus, NodeView, Storage, VIEW_FORMAT, WeekStats,
 };
 pub use window::{NodeWindow, Sample, WindowStats};

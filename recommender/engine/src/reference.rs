@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::config::{CapacityBasis, PenaltyConfig, PlannerKind, Thresholds};
 use crate::gates::{SEED_TARGET_GATES, TargetGate, TargetState, first_refusal, guest_gate};
 use crate::report;
+use crate::rules::{GuestRules, Rule, by_guest};
 use crate::score::{Impact, NodeBase, NodeLoad, PreparedNode, ScoreDetails, io_impact};
 use crate::set::{
     CostBenefit, MoveDetails, ReasonKind, Recommendation, RecommendationReason, RecommendationSet,
@@ -24,7 +25,12 @@ pub(crate) struct Generator<'a> {
     pub loads: Vec<NodeLoad>,
     /// The guest-independent part of each node's score under its current load.
     pub bases: Vec<NodeBase>,
-    exclude: Vec<BTreeMap<&'a str, u32>>,
+    /// `[node][rule]`: guests of a strict anti-affinity rule there, or pending to it.
+    exclude: Vec<Vec<u32>>,
+    /// Per guest: the rules that bind it.
+    guest_rules: Vec<GuestRules>,
+    /// Per node-affinity rule, per node: whether the rule allows it.
+    pin_allowed: Vec<Vec<bool>>,
     pub stressed: Vec<bool>,
     /// Every storage id of the cluster, numbered.
     storage_ids: BTreeMap<&'a str, usize>,
@@ -55,12 +61,20 @@ impl<'a> Generator<'a> {
             .zip(&loads)
             .map(|(pn, load)| NodeBase::new(cfg, t, pn, load))
             .collect();
-        let mut exclude = vec![BTreeMap::new(); cluster.nodes.len()];
-        for g in &cluster.guests {
-            for group in &g.tags.exclude {
-                *exclude[g.node].entry(group.as_str()).or_insert(0) += 1;
+        let guest_rules = by_guest(&cluster.rules, cluster.guests.len());
+        let mut exclude = vec![vec![0u32; cluster.rules.len()]; cluster.nodes.len()];
+        for (gi, g) in cluster.guests.iter().enumerate() {
+            for &rule in &guest_rules[gi].anti_affinity {
+                if cluster.rules[rule].strict {
+                    exclude[g.node][rule] += 1;
+                }
             }
         }
+        let pin_allowed = cluster
+            .rules
+            .iter()
+            .map(|r| r.allowed_nodes(&cluster.nodes))
+            .collect();
         let stressed = nodes
             .iter()
             .zip(&loads)
@@ -102,6 +116,8 @@ impl<'a> Generator<'a> {
             loads,
             bases,
             exclude,
+            guest_rules,
+            pin_allowed,
             stressed,
             storage_ids,
             storage_active,
@@ -143,7 +159,7 @@ impl<'a> Generator<'a> {
     pub fn guest_gate(&self, g: &Guest, check_floor: bool) -> Option<(SkipReason, String)> {
         let src = &self.cluster.nodes[g.node];
         let maint = src.maintenance;
-        if let Some(gate) = guest_gate(g, maint) {
+        if let Some(gate) = guest_gate(self.cluster, g, maint) {
             return Some(gate);
         }
         if check_floor && !maint && !self.stressed[g.node] {
@@ -160,6 +176,34 @@ impl<'a> Generator<'a> {
             }
         }
         None
+    }
+
+    /// Position of `g` in `cluster.guests`.
+    fn index_of(&self, g: &Guest) -> usize {
+        self.cluster
+            .guests
+            .binary_search_by_key(&g.vmid, |x| x.vmid)
+            .unwrap_or(0)
+    }
+
+    /// The first strict node-affinity rule of `g` that leaves node `ti` out.
+    pub fn refusing_pin(&self, g: &Guest, ti: usize) -> Option<&'a Rule> {
+        let gi = self.index_of(g);
+        self.guest_rules[gi]
+            .node_affinity
+            .iter()
+            .find(|&&r| self.cluster.rules[r].strict && !self.pin_allowed[r][ti])
+            .map(|&r| &self.cluster.rules[r])
+    }
+
+    /// The first strict anti-affinity rule of `g` with a guest on node `ti` (or pending to it).
+    pub fn refusing_anti_affinity(&self, g: &Guest, ti: usize) -> Option<&'a Rule> {
+        let gi = self.index_of(g);
+        self.guest_rules[gi]
+            .anti_affinity
+            .iter()
+            .find(|&&r| self.cluster.rules[r].strict && self.exclude[ti][r] > 0)
+            .map(|&r| &self.cluster.rules[r])
     }
 
     /// The storage numbers a guest needs; `None` when some storage exists on no node at all.
@@ -228,8 +272,11 @@ impl<'a> Generator<'a> {
         load.pending.mem += arrive.mem;
         load.pending.io += arrive.io;
         load.pending_mem_max_gb += g.mem_max_gb;
-        for grp in &g.tags.exclude {
-            *self.exclude[target].entry(grp.as_str()).or_insert(0) += 1;
+        let gi = self.index_of(g);
+        for &rule in &self.guest_rules[gi].anti_affinity {
+            if self.cluster.rules[rule].strict {
+                self.exclude[target][rule] += 1;
+            }
         }
 
         let src = &self.cluster.nodes[g.node];
@@ -242,8 +289,9 @@ impl<'a> Generator<'a> {
             load.committed_mem_gb = (load.committed_mem_gb - g.mem_max_gb).max(0.0);
             load.overcommit_ratio = overcommit_ratio(load.committed_mem_gb, src.total_mem_gb);
         }
-        for grp in &g.tags.exclude {
-            if let Some(c) = self.exclude[g.node].get_mut(grp.as_str()) {
+        for &rule in &self.guest_rules[gi].anti_affinity {
+            if self.cluster.rules[rule].strict {
+                let c = &mut self.exclude[g.node][rule];
                 *c = c.saturating_sub(1);
             }
         }
@@ -351,12 +399,12 @@ pub(crate) struct GuestDemand<'g> {
 }
 
 impl TargetState<GuestDemand<'_>> for Generator<'_> {
+    fn pinned_elsewhere(&self, d: &GuestDemand<'_>, ti: usize) -> bool {
+        self.refusing_pin(d.guest, ti).is_some()
+    }
+
     fn anti_affinity_conflict(&self, d: &GuestDemand<'_>, ti: usize) -> bool {
-        d.guest
-            .tags
-            .exclude
-            .iter()
-            .any(|grp| self.exclude[ti].get(grp.as_str()).is_some_and(|&c| c > 0))
+        self.refusing_anti_affinity(d.guest, ti).is_some()
     }
 
     fn lacks_memory(&self, d: &GuestDemand<'_>, ti: usize) -> bool {
@@ -367,7 +415,7 @@ impl TargetState<GuestDemand<'_>> for Generator<'_> {
             CapacityBasis::Used => load.current.mem / 100.0 * node.total_mem_gb,
         };
         base + load.pending_mem_max_gb + d.guest.mem_max_gb
-            > (1.0 - self.cfg.capacity_headroom) * node.total_mem_gb
+            > (1.0 - self.cfg.capacity_headroom) * node.offered_mem_gb(self.cfg)
     }
 
     fn lacks_storage(&self, d: &GuestDemand<'_>, ti: usize) -> bool {
@@ -381,6 +429,10 @@ impl TargetState<GuestDemand<'_>> for Generator<'_> {
     }
 
     fn empties_source(&self, _: &GuestDemand<'_>) -> bool {
+        false
+    }
+
+    fn splits_group(&self, _: &GuestDemand<'_>) -> bool {
         false
     }
 }
@@ -603,6 +655,13 @@ pub(crate) fn new_recommendation(
         warnings.push(format!("guest is {}: migrated offline", g.status));
     }
     let command = match (g.kind, g.is_running()) {
+        // HA resources are moved through the HA manager, which keeps its own state
+        (kind, _) if g.ha_managed => format!(
+            "ha-manager crm-command migrate {}:{} {}",
+            if kind == GuestKind::Lxc { "ct" } else { "vm" },
+            g.vmid,
+            tgt.name
+        ),
         (GuestKind::Qemu, true) => format!("qm migrate {} {} --online", g.vmid, tgt.name),
         (GuestKind::Lxc, true) => format!("pct migrate {} {} --restart", g.vmid, tgt.name),
         (GuestKind::Qemu, false) => format!("qm migrate {} {}", g.vmid, tgt.name),

@@ -89,6 +89,17 @@ pub(crate) fn annotate(r: &mut Recommendation, planner: &Generator<'_>, cluster_
             r.source_node,
             r.target_node
         ),
+        ReasonKind::NodeAffinity => format!(
+            "{} may only run on the nodes its rules allow: move it from {} to {}",
+            r.name, r.source_node, r.target_node
+        ),
+        ReasonKind::Affinity => format!(
+            "bring affinity group {} together: move {} from {} to {}",
+            r.affinity_group.as_deref().unwrap_or("?"),
+            r.name,
+            r.source_node,
+            r.target_node
+        ),
         ReasonKind::Overcommit => format!(
             "relieve memory overcommit on {} (ratio {:.2}): move {} ({:.0} GiB configured) to {}",
             r.source_node, src.overcommit_ratio, r.name, g.mem_max_gb, r.target_node

@@ -20,6 +20,10 @@ pub enum ReasonKind {
     AntiAffinity,
     /// Lowering a node's committed-memory overcommit (cluster planner).
     Overcommit,
+    /// Moving a guest to the nodes its node-affinity rule (a pin) allows (cluster planner).
+    NodeAffinity,
+    /// Bringing an affinity group together (cluster planner).
+    Affinity,
 }
 
 impl ReasonKind {
@@ -32,6 +36,8 @@ impl ReasonKind {
             ReasonKind::MemImbalance => "balance memory load",
             ReasonKind::AntiAffinity => "separate an anti-affinity group",
             ReasonKind::Overcommit => "relieve memory overcommit",
+            ReasonKind::NodeAffinity => "move to the nodes its rule allows",
+            ReasonKind::Affinity => "bring an affinity group together",
         }
     }
 
@@ -56,6 +62,8 @@ impl ReasonKind {
             ReasonKind::MemImbalance => MoveTerm::MemoryBalance,
             ReasonKind::AntiAffinity => MoveTerm::AntiAffinity,
             ReasonKind::Overcommit => MoveTerm::Overcommit,
+            ReasonKind::NodeAffinity => MoveTerm::NodeAffinity,
+            ReasonKind::Affinity => MoveTerm::Affinity,
         }
     }
 }
@@ -70,6 +78,8 @@ pub enum SkipReason {
     Template,
     Locked,
     ConfigUnknown,
+    /// Proxmox balances HA resources itself (`crs` `ha = dynamic` with auto-rebalance).
+    ManagedByPveCrs,
     PassthroughDisk,
     UnsharedBindMount,
     SourceMemoryHealthy,
@@ -87,6 +97,7 @@ impl SkipReason {
             SkipReason::Template => "template",
             SkipReason::Locked => "locked",
             SkipReason::ConfigUnknown => "config_unknown",
+            SkipReason::ManagedByPveCrs => "managed_by_pve_crs",
             SkipReason::PassthroughDisk => "passthrough_disk",
             SkipReason::UnsharedBindMount => "unshared_bind_mount",
             SkipReason::SourceMemoryHealthy => "source_memory_healthy",
@@ -314,6 +325,8 @@ pub enum MoveTerm {
     Affinity,
     /// The score components (health, predicted health, headroom).
     NodeHealth,
+    /// Moving a guest onto the nodes its node-affinity rule (pin) allows.
+    NodeAffinity,
 }
 
 impl MoveTerm {
@@ -325,11 +338,11 @@ impl MoveTerm {
             MoveTerm::IowaitRelief => ReasonKind::IowaitRelief,
             MoveTerm::AntiAffinity => ReasonKind::AntiAffinity,
             MoveTerm::Overcommit => ReasonKind::Overcommit,
+            MoveTerm::NodeAffinity => ReasonKind::NodeAffinity,
+            MoveTerm::Affinity => ReasonKind::Affinity,
             MoveTerm::MemoryBalance => ReasonKind::MemImbalance,
             MoveTerm::CpuBalance => ReasonKind::CpuImbalance,
-            MoveTerm::Iowait | MoveTerm::Affinity | MoveTerm::NodeHealth => {
-                ReasonKind::by_balance(source, target)
-            }
+            MoveTerm::Iowait | MoveTerm::NodeHealth => ReasonKind::by_balance(source, target),
         }
     }
 
@@ -345,6 +358,7 @@ impl MoveTerm {
             MoveTerm::Iowait => "iowait",
             MoveTerm::Affinity => "affinity",
             MoveTerm::NodeHealth => "node_health",
+            MoveTerm::NodeAffinity => "node_affinity",
         }
     }
 }
@@ -362,6 +376,8 @@ pub struct ObjectiveGain {
     pub iowait: f64,
     pub anti_affinity: f64,
     pub affinity: f64,
+    /// Guests moved onto (or off) the nodes of their node-affinity rules.
+    pub pins: f64,
     /// Σ of the terms.
     pub total: f64,
     /// What the migration costs in objective points (fixed part plus GiB to copy).
@@ -441,7 +457,7 @@ pub struct DeferredMove {
 /// A rule violation the plan leaves in place.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Unresolved {
-    /// `anti_affinity` or `iowait`.
+    /// `anti_affinity`, `affinity`, `node_affinity`, `iowait` or `maintenance`.
     pub rule: String,
     pub node: String,
     /// The anti-affinity group, where there is one.

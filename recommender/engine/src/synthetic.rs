@@ -107,6 +107,7 @@ pub fn cluster_view(nodes: usize, guests: usize, seed: u64) -> ClusterView {
                 week: None,
                 history: Vec::new(),
                 storage,
+                reserve_gb: None,
             }
         })
         .collect();
@@ -180,6 +181,7 @@ pub fn cluster_view(nodes: usize, guests: usize, seed: u64) -> ClusterView {
             unshared_bind_mount: kind == GuestKind::Lxc && rng.chance(0.05),
             storages,
             config_known: true,
+            pool: None,
         });
         if running {
             running_on[node].push(position);
@@ -259,5 +261,96 @@ pub fn cluster_view(nodes: usize, guests: usize, seed: u64) -> ClusterView {
         nodes: node_views,
         guests: guest_views,
         penalty_config: Map::new(),
+        rules: Vec::new(),
+        crs: None,
     }
+}
+
+/// [`cluster_view`] with placement rules on top, drawn from the same seed: pools with strict and
+/// soft anti-affinity, affinity and node-affinity rules (priorities included), Proxmox-HA-style
+/// node-affinity rules, `pin_`/`plb_pin_`/`prefer_` tags, HA guests planned within their rules,
+/// and node reserves.
+pub fn cluster_view_with_rules(nodes: usize, guests: usize, seed: u64) -> ClusterView {
+    let mut view = cluster_view(nodes, guests, seed);
+    let mut rng = Rng::new(seed ^ 0x7275_6c65);
+    let names: Vec<String> = view.nodes.iter().map(|n| n.name.clone()).collect();
+    let vmids: Vec<u32> = view.guests.iter().map(|g| g.vmid).collect();
+    if vmids.is_empty() {
+        return view;
+    }
+    let pick_guests = |rng: &mut Rng, n: usize| -> Vec<u32> {
+        let mut out: Vec<u32> = (0..n).map(|_| vmids[rng.below(vmids.len())]).collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    };
+    let pick_nodes = |rng: &mut Rng, n: usize| -> Vec<crate::rules::RuleNode> {
+        let mut out: Vec<crate::rules::RuleNode> = Vec::new();
+        for _ in 0..n {
+            let node = names[rng.below(names.len())].clone();
+            if out.iter().all(|x| x.node != node) {
+                out.push(crate::rules::RuleNode {
+                    node,
+                    priority: rng.below(3) as i64,
+                });
+            }
+        }
+        out
+    };
+    let rules = 1 + rng.below(6);
+    for i in 0..rules {
+        let strict = rng.chance(0.6);
+        let kind = rng.below(3);
+        let size = rng.below(4);
+        let (kind, members, nodes) = match kind {
+            0 => (
+                crate::rules::RuleKind::AntiAffinity,
+                pick_guests(&mut rng, 2 + size),
+                Vec::new(),
+            ),
+            1 => (
+                crate::rules::RuleKind::Affinity,
+                pick_guests(&mut rng, 2 + size % 2),
+                Vec::new(),
+            ),
+            _ => {
+                let members = pick_guests(&mut rng, 1 + size);
+                let count = 1 + rng.below(3);
+                let nodes = pick_nodes(&mut rng, count);
+                (crate::rules::RuleKind::NodeAffinity, members, nodes)
+            }
+        };
+        view.rules.push(crate::rules::RuleView {
+            name: format!("{}:{i}", if rng.chance(0.5) { "pool" } else { "ha" }),
+            kind,
+            vmids: members,
+            nodes,
+            strict,
+        });
+    }
+    for g in &mut view.guests {
+        if rng.chance(0.05) {
+            let node = names[rng.below(names.len())].clone();
+            let tag = match rng.below(3) {
+                0 => format!("pin_{node}"),
+                1 => format!("plb_pin_{node}"),
+                _ => format!("prefer_{node}"),
+            };
+            g.tags.push(tag);
+        }
+    }
+    if rng.chance(0.5) {
+        view.penalty_config
+            .insert("ha_guests".into(), serde_json::Value::from("recommend"));
+    }
+    if rng.chance(0.3) {
+        view.penalty_config
+            .insert("node_reserve_percent".into(), serde_json::Value::from(5.0));
+    }
+    for n in &mut view.nodes {
+        if rng.chance(0.1) {
+            n.reserve_gb = Some((n.total_mem_gb * 0.1).round());
+        }
+    }
+    view
 }

@@ -14,6 +14,10 @@ pub struct GuestTags {
     pub affinity: BTreeSet<String>,
     /// `io_exempt` or `proxbalance_io_exempt`: the host's IOWait is not held against it.
     pub io_exempt: bool,
+    /// Nodes of `pin_<node>` (or `plb_pin_<node>`): the guest runs on one of them (strict).
+    pub pins: BTreeSet<String>,
+    /// Nodes of `prefer_<node>`: the guest should run on one of them (soft).
+    pub prefers: BTreeSet<String>,
 }
 
 impl GuestTags {
@@ -36,6 +40,10 @@ impl GuestTags {
                 tags.exclude.insert(group);
             } else if let Some(group) = group_of(&word, &["affinity_", "plb_affinity_"]) {
                 tags.affinity.insert(group);
+            } else if let Some(node) = group_of(&word, &["pin_", "plb_pin_"]) {
+                tags.pins.insert(node);
+            } else if let Some(node) = group_of(&word, &["prefer_"]) {
+                tags.prefers.insert(node);
             }
         }
         tags
@@ -65,6 +73,9 @@ mod tests {
         assert!(t.io_exempt);
         assert_eq!(t.exclude.iter().collect::<Vec<_>>(), ["db"]);
         assert_eq!(t.affinity.iter().collect::<Vec<_>>(), ["web"]);
+        let t = GuestTags::parse(&["plb_pin_PVE1 pin_pve2;prefer_pve3", "pin_"]);
+        assert_eq!(t.pins.iter().collect::<Vec<_>>(), ["pve1", "pve2"]);
+        assert_eq!(t.prefers.iter().collect::<Vec<_>>(), ["pve3"]);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ConfigError, Overrides, PenaltyConfig, Thresholds};
 use crate::error::ViewError;
 use crate::numeric::round_to;
+use crate::rules::{Rule, RuleView};
 use crate::tags::GuestTags;
 
 /// The value of the `format` field of every cluster view.
@@ -37,6 +38,44 @@ pub struct ClusterView {
     /// Partial penalty configuration laid over the defaults; unknown keys are refused.
     #[serde(default)]
     pub penalty_config: serde_json::Map<String, serde_json::Value>,
+    /// Placement rules beyond the guests' tags: pool rules, Proxmox HA rules and groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleView>,
+    /// Proxmox VE's own cluster resource scheduler, as `/cluster/options` sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crs: Option<Crs>,
+}
+
+/// The mode of Proxmox VE's cluster resource scheduler for HA resources.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrsMode {
+    /// Recovery places HA resources by count (the default).
+    #[default]
+    Basic,
+    /// Placement by configured CPU and memory.
+    Static,
+    /// Placement by measured load (PVE 9.2).
+    Dynamic,
+}
+
+/// Proxmox VE's cluster resource scheduler settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Crs {
+    #[serde(default)]
+    pub ha: CrsMode,
+    /// `ha-auto-rebalance`: PVE moves HA resources itself to balance load.
+    #[serde(default)]
+    pub auto_rebalance: bool,
+}
+
+impl Crs {
+    /// PVE balances its HA resources itself (`ha = dynamic` with auto-rebalance): a second
+    /// balancer moving them would fight it.
+    pub fn balances_ha(&self) -> bool {
+        self.ha == CrsMode::Dynamic && self.auto_rebalance
+    }
 }
 
 /// A node in the JSON view.
@@ -56,6 +95,10 @@ pub struct NodeView {
     pub history: Vec<HistorySample>,
     #[serde(default)]
     pub storage: Vec<Storage>,
+    /// Memory held back from guests on this node, GiB; absent: the configuration's
+    /// `node_reserve_gb` / `node_reserve_percent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_gb: Option<f64>,
 }
 
 /// Whether a node can take part: only `online` nodes are sources or targets.
@@ -173,6 +216,9 @@ pub struct GuestView {
     /// mounts are unknown and the guest is not moved (`config_unknown`).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub config_known: bool,
+    /// The Proxmox resource pool the guest belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 fn yes() -> bool {
@@ -223,6 +269,8 @@ pub struct Node {
     pub iowait_exempt: bool,
     /// Whether the node is listed as in maintenance.
     pub maintenance: bool,
+    /// Memory held back from guests, GiB, when the view sets it for this node.
+    pub reserve_gb: Option<f64>,
 }
 
 impl Node {
@@ -234,6 +282,16 @@ impl Node {
     /// Whether the node may be a source or a target at all.
     pub fn is_online(&self) -> bool {
         self.status == NodeStatus::Online
+    }
+
+    /// The memory the node offers guests, GiB: its RAM less the reserve (the view's, else the
+    /// larger of `node_reserve_gb` and `node_reserve_percent` of its RAM), never below 0.
+    pub fn offered_mem_gb(&self, cfg: &PenaltyConfig) -> f64 {
+        let reserve = self.reserve_gb.unwrap_or_else(|| {
+            cfg.node_reserve_gb
+                .max(cfg.node_reserve_percent / 100.0 * self.total_mem_gb)
+        });
+        (self.total_mem_gb - reserve).max(0.0)
     }
 }
 
@@ -266,6 +324,7 @@ pub struct Guest {
     pub storages: Vec<String>,
     /// The configuration has been read (passthrough and bind mounts are known).
     pub config_known: bool,
+    pub pool: Option<String>,
 }
 
 impl Guest {
@@ -289,6 +348,9 @@ pub struct Cluster {
     pub config: PenaltyConfig,
     pub nodes: Vec<Node>,
     pub guests: Vec<Guest>,
+    /// Every placement rule, from tags first, then the view's, each by name.
+    pub rules: Vec<Rule>,
+    pub crs: Crs,
 }
 
 const HISTORY_WINDOW_SECS: i64 = 168 * 3600;
@@ -445,6 +507,7 @@ impl ClusterView {
             node.mem_overcommit_ratio = overcommit_ratio(node.committed_mem_gb, node.total_mem_gb);
         }
 
+        let rules = crate::rules::resolve(self.rules, &guests, &nodes)?;
         let mut cluster = Cluster {
             name: self.cluster,
             now: self.now,
@@ -452,6 +515,8 @@ impl ClusterView {
             config,
             nodes,
             guests,
+            rules,
+            crs: self.crs.unwrap_or_default(),
         };
         cluster.set_maintenance(&self.maintenance_nodes)?;
         Ok(cluster)
@@ -531,6 +596,9 @@ fn validate_node(i: usize, n: NodeView, now: i64) -> Result<Node, ViewError> {
         }
         non_negative(|| p(&format!("storage[{j}].usage_pct")), s.usage_pct)?;
     }
+    if let Some(r) = n.reserve_gb {
+        non_negative(|| p("reserve_gb"), r)?;
+    }
     let mut history: Vec<HistorySample> = n
         .history
         .into_iter()
@@ -558,6 +626,7 @@ fn validate_node(i: usize, n: NodeView, now: i64) -> Result<Node, ViewError> {
         mem_overcommit_ratio: 0.0,
         iowait_exempt: false,
         maintenance: false,
+        reserve_gb: n.reserve_gb,
     })
 }
 
@@ -630,6 +699,7 @@ fn validate_guest(
         unshared_bind_mount: g.unshared_bind_mount,
         storages,
         config_known: g.config_known,
+        pool: g.pool.filter(|p| !p.is_empty()),
     })
 }
 

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use proxbalance_engine::{MigrationSettings, PenaltyConfig};
 
-/// The configuration keys of the cluster planner, which the reference model does not have.
-const PLANNER_KEYS: [&str; 15] = [
+/// The configuration keys the reference model does not have: the cluster planner's, the
+/// placement rules' and the node reserve.
+const PLANNER_KEYS: [&str; 19] = [
     "planner",
     "node_score_weight",
     "balance_mem_weight",
@@ -22,6 +23,10 @@ const PLANNER_KEYS: [&str; 15] = [
     "min_move_gain",
     "max_moves",
     "max_gib",
+    "pin_weight",
+    "ha_guests",
+    "node_reserve_gb",
+    "node_reserve_percent",
 ];
 use serde_json::Value;
 

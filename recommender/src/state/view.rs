@@ -53,6 +53,19 @@ pub(super) fn history_samples(points: &[pb::HistoryPoint]) -> Vec<Sample> {
         .collect()
 }
 
+/// Proxmox's scheduler settings as the engine reads them.
+fn crs_of(c: &pb::CrsSettings) -> proxbalance_engine::Crs {
+    use proxbalance_engine::CrsMode;
+    proxbalance_engine::Crs {
+        ha: match c.ha.as_str() {
+            "static" => CrsMode::Static,
+            "dynamic" => CrsMode::Dynamic,
+            _ => CrsMode::Basic,
+        },
+        auto_rebalance: c.ha_auto_rebalance,
+    }
+}
+
 impl State {
     /// The engine's view of `cluster` built from the windows, or `None` for an unknown
     /// cluster or one without snapshots.
@@ -122,6 +135,7 @@ impl State {
                 }),
                 history: n.window.hourly(data_now),
                 storage,
+                reserve_gb: None,
             });
             for g in &s.guests {
                 let better = guests.get(&g.vmid).is_none_or(|(t, node, _)| {
@@ -164,6 +178,7 @@ impl State {
                 unshared_bind_mount: g.unshared_bind_mount,
                 storages: g.storages.clone(),
                 config_known: g.config_known,
+                pool: (!g.pool.is_empty()).then(|| g.pool.clone()),
             })
             .collect();
         Some(ClusterView {
@@ -175,6 +190,8 @@ impl State {
             nodes,
             guests,
             penalty_config: self.settings.config.to_map(),
+            rules: Vec::new(),
+            crs: c.status.as_ref().and_then(|s| s.crs.as_ref()).map(crs_of),
         })
     }
 }

@@ -48,11 +48,8 @@ impl Bounder {
                 .nodes
                 .iter()
                 .map(|n| {
-                    if n.total_mem_gb > 0.0 {
-                        100.0 / n.total_mem_gb
-                    } else {
-                        0.0
-                    }
+                    let offered = n.offered_mem_gb(sim.cfg);
+                    if offered > 0.0 { 100.0 / offered } else { 0.0 }
                 })
                 .collect(),
             per_core: sim
@@ -100,6 +97,10 @@ impl Bounder {
             iowait: at.iowait + u.contribution.io_points,
         };
         let mut bound = spread + balance.excess_gain(w, at, after) + SCORE_SLACK;
+        for &(rule, k) in &u.pins {
+            let off = |n: usize| f64::from(u8::from(!sim.groups.pin_allows(rule, n)));
+            bound += w.pin * f64::from(k) * (off(u.node) - off(t));
+        }
         for &(grp, _) in &u.affinity {
             if sim.groups.affinity_running(t, grp) > 0 {
                 bound += w.affinity;

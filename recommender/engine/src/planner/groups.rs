@@ -1,8 +1,10 @@
-//! Where the anti-affinity and affinity groups and the storages are, numbered so that the
-//! planner's inner loop compares integers and bits, not strings.
+//! Where the placement rules' guests and the storages are, counted per node and kept current as
+//! guests move, so that the planner's inner loop compares integers and bits, not strings.
+//! Rules are numbered by their position in `Cluster::rules`.
 
 use std::collections::BTreeMap;
 
+use crate::rules::by_guest;
 use crate::view::Cluster;
 
 /// A set of storage numbers, as bits.
@@ -37,74 +39,68 @@ impl StorageSet {
     }
 }
 
-/// Group membership and counts per node, kept current as guests move.
+/// Rule membership and counts per node.
 #[derive(Debug, Clone)]
 pub(crate) struct Groups {
-    /// Anti-affinity group names by id.
-    pub exclude_names: Vec<String>,
-    /// Per guest: its anti-affinity and affinity group ids.
+    /// Per rule: its name and whether it is strict.
+    pub names: Vec<String>,
+    pub strict: Vec<bool>,
+    /// Per guest: its anti-affinity, affinity and node-affinity rules.
     pub guest_exclude: Vec<Vec<usize>>,
     pub guest_affinity: Vec<Vec<usize>>,
+    pub guest_pins: Vec<Vec<usize>>,
     /// Per guest: whether it runs (only running guests count toward violations and spans).
     running: Vec<bool>,
-    /// `[node][group]`: guests of any status (what the anti-affinity gate looks at).
+    /// `[node][rule]`: guests of a strict anti-affinity rule, of any status (what the gate sees).
     exclude_any: Vec<Vec<u32>>,
-    /// `[node][group]`: running guests (what violations count).
+    /// `[node][rule]`: running guests of an anti-affinity rule (what violations count).
     exclude_running: Vec<Vec<u32>>,
-    /// `[node][group]`: running guests of an affinity group.
+    /// `[node][rule]`: running guests of an affinity rule.
     affinity_running: Vec<Vec<u32>>,
-    /// Per affinity group: the nodes holding running members.
+    /// Per affinity rule: the nodes holding running members.
     affinity_span: Vec<u32>,
+    /// Per node-affinity rule, per node: whether the rule lets its guests run there.
+    pin_allowed: Vec<Vec<bool>>,
+    /// Running guests off the nodes of one of their node-affinity rules (counted per rule).
+    pins_off: u64,
     /// Per node: the storages active there.
     storage_active: Vec<StorageSet>,
     /// Per guest: the storages it uses; `None` when one of them exists on no node.
     pub guest_storages: Vec<Option<StorageSet>>,
 }
 
-fn number<'a>(names: impl Iterator<Item = &'a str>) -> BTreeMap<&'a str, usize> {
-    let mut ids = BTreeMap::new();
-    for name in names {
-        let next = ids.len();
-        ids.entry(name).or_insert(next);
-    }
-    ids
-}
-
 impl Groups {
     pub fn new(cluster: &Cluster) -> Self {
-        // names are numbered in sorted order so the numbering does not depend on input order
-        let mut excl: Vec<&str> = cluster
-            .guests
-            .iter()
-            .flat_map(|g| g.tags.exclude.iter().map(String::as_str))
-            .collect();
-        excl.sort_unstable();
-        let excl = number(excl.into_iter());
-        let mut aff: Vec<&str> = cluster
-            .guests
-            .iter()
-            .flat_map(|g| g.tags.affinity.iter().map(String::as_str))
-            .collect();
-        aff.sort_unstable();
-        let aff = number(aff.into_iter());
+        // storage ids are numbered in sorted order, independent of the input's order
         let mut stor: Vec<&str> = cluster
             .nodes
             .iter()
             .flat_map(|n| n.storage.iter().map(|s| s.id.as_str()))
             .collect();
         stor.sort_unstable();
-        let stor = number(stor.into_iter());
+        stor.dedup();
+        let stor: BTreeMap<&str, usize> =
+            stor.into_iter().enumerate().map(|(i, s)| (s, i)).collect();
 
-        let nodes = cluster.nodes.len();
+        let rules = &cluster.rules;
+        let (nodes, r) = (cluster.nodes.len(), rules.len());
+        let by_guest = by_guest(rules, cluster.guests.len());
         let mut g = Groups {
-            exclude_names: names_of(&excl),
-            guest_exclude: Vec::with_capacity(cluster.guests.len()),
-            guest_affinity: Vec::with_capacity(cluster.guests.len()),
+            names: rules.iter().map(|r| r.name.clone()).collect(),
+            strict: rules.iter().map(|r| r.strict).collect(),
+            guest_exclude: by_guest.iter().map(|b| b.anti_affinity.clone()).collect(),
+            guest_affinity: by_guest.iter().map(|b| b.affinity.clone()).collect(),
+            guest_pins: by_guest.iter().map(|b| b.node_affinity.clone()).collect(),
             running: cluster.guests.iter().map(|g| g.is_running()).collect(),
-            exclude_any: vec![vec![0; excl.len()]; nodes],
-            exclude_running: vec![vec![0; excl.len()]; nodes],
-            affinity_running: vec![vec![0; aff.len()]; nodes],
-            affinity_span: vec![0; aff.len()],
+            exclude_any: vec![vec![0; r]; nodes],
+            exclude_running: vec![vec![0; r]; nodes],
+            affinity_running: vec![vec![0; r]; nodes],
+            affinity_span: vec![0; r],
+            pin_allowed: rules
+                .iter()
+                .map(|rule| rule.allowed_nodes(&cluster.nodes))
+                .collect(),
+            pins_off: 0,
             storage_active: cluster
                 .nodes
                 .iter()
@@ -129,22 +125,6 @@ impl Groups {
                 .collect(),
         };
         for (gi, guest) in cluster.guests.iter().enumerate() {
-            g.guest_exclude.push(
-                guest
-                    .tags
-                    .exclude
-                    .iter()
-                    .map(|n| excl[n.as_str()])
-                    .collect(),
-            );
-            g.guest_affinity.push(
-                guest
-                    .tags
-                    .affinity
-                    .iter()
-                    .map(|n| aff[n.as_str()])
-                    .collect(),
-            );
             g.add(gi, guest.node);
         }
         g
@@ -152,35 +132,49 @@ impl Groups {
 
     fn add(&mut self, gi: usize, node: usize) {
         let running = self.running[gi];
-        for &grp in &self.guest_exclude[gi] {
-            self.exclude_any[node][grp] += 1;
+        for &rule in &self.guest_exclude[gi] {
+            if self.strict[rule] {
+                self.exclude_any[node][rule] += 1;
+            }
             if running {
-                self.exclude_running[node][grp] += 1;
+                self.exclude_running[node][rule] += 1;
             }
         }
         if running {
-            for &grp in &self.guest_affinity[gi] {
-                if self.affinity_running[node][grp] == 0 {
-                    self.affinity_span[grp] += 1;
+            for &rule in &self.guest_affinity[gi] {
+                if self.affinity_running[node][rule] == 0 {
+                    self.affinity_span[rule] += 1;
                 }
-                self.affinity_running[node][grp] += 1;
+                self.affinity_running[node][rule] += 1;
+            }
+            for &rule in &self.guest_pins[gi] {
+                if !self.pin_allowed[rule][node] {
+                    self.pins_off += 1;
+                }
             }
         }
     }
 
     fn remove(&mut self, gi: usize, node: usize) {
         let running = self.running[gi];
-        for &grp in &self.guest_exclude[gi] {
-            self.exclude_any[node][grp] -= 1;
+        for &rule in &self.guest_exclude[gi] {
+            if self.strict[rule] {
+                self.exclude_any[node][rule] -= 1;
+            }
             if running {
-                self.exclude_running[node][grp] -= 1;
+                self.exclude_running[node][rule] -= 1;
             }
         }
         if running {
-            for &grp in &self.guest_affinity[gi] {
-                self.affinity_running[node][grp] -= 1;
-                if self.affinity_running[node][grp] == 0 {
-                    self.affinity_span[grp] -= 1;
+            for &rule in &self.guest_affinity[gi] {
+                self.affinity_running[node][rule] -= 1;
+                if self.affinity_running[node][rule] == 0 {
+                    self.affinity_span[rule] -= 1;
+                }
+            }
+            for &rule in &self.guest_pins[gi] {
+                if !self.pin_allowed[rule][node] {
+                    self.pins_off -= 1;
                 }
             }
         }
@@ -192,22 +186,32 @@ impl Groups {
         self.add(gi, to);
     }
 
-    /// Some guest of anti-affinity group `grp`, of any status, is on `node`.
-    pub fn exclude_present(&self, node: usize, grp: usize) -> bool {
-        self.exclude_any[node][grp] > 0
+    /// Some guest of strict anti-affinity rule `rule`, of any status, is on `node`.
+    pub fn exclude_present(&self, node: usize, rule: usize) -> bool {
+        self.exclude_any[node][rule] > 0
     }
 
-    /// Running guests of anti-affinity group `grp` on `node`.
-    pub fn exclude_running(&self, node: usize, grp: usize) -> u32 {
-        self.exclude_running[node][grp]
+    /// Running guests of anti-affinity rule `rule` on `node`.
+    pub fn exclude_running(&self, node: usize, rule: usize) -> u32 {
+        self.exclude_running[node][rule]
     }
 
-    /// Running guests of affinity group `grp` on `node`.
-    pub fn affinity_running(&self, node: usize, grp: usize) -> u32 {
-        self.affinity_running[node][grp]
+    /// Running guests of affinity rule `rule` on `node`.
+    pub fn affinity_running(&self, node: usize, rule: usize) -> u32 {
+        self.affinity_running[node][rule]
     }
 
-    /// Pairs of running guests that share an anti-affinity group and a node.
+    /// Nodes holding running guests of affinity rule `rule`.
+    pub fn affinity_span(&self, rule: usize) -> u32 {
+        self.affinity_span[rule]
+    }
+
+    /// Node-affinity rule `rule` lets its guests run on `node`.
+    pub fn pin_allows(&self, rule: usize, node: usize) -> bool {
+        self.pin_allowed[rule][node]
+    }
+
+    /// Pairs of running guests that share an anti-affinity rule and a node.
     pub fn violating_pairs(&self) -> u64 {
         self.exclude_running
             .iter()
@@ -216,7 +220,7 @@ impl Groups {
             .sum()
     }
 
-    /// Σ over affinity groups of the nodes each spans beyond the first.
+    /// Σ over affinity rules of the nodes each spans beyond the first.
     pub fn affinity_splits(&self) -> u64 {
         self.affinity_span
             .iter()
@@ -224,16 +228,13 @@ impl Groups {
             .sum()
     }
 
+    /// Running guests off the nodes of their node-affinity rules, once per rule.
+    pub fn pins_off(&self) -> u64 {
+        self.pins_off
+    }
+
     /// Every storage of `need` is active on `node`.
     pub fn storages_active(&self, node: usize, need: &StorageSet) -> bool {
         need.is_subset(&self.storage_active[node])
     }
-}
-
-fn names_of(ids: &BTreeMap<&str, usize>) -> Vec<String> {
-    let mut names = vec![String::new(); ids.len()];
-    for (name, &id) in ids {
-        names[id] = (*name).to_owned();
-    }
-    names
 }

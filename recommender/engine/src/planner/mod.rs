@@ -50,7 +50,9 @@ pub(crate) fn plan(cluster: &Cluster, limit: Option<usize>) -> RecommendationSet
     let mut search = Search::new(Sim::new(cluster));
     let start = Sim::new(cluster);
     search.evacuate();
+    search.repair_pins();
     search.repair_anti_affinity();
+    search.repair_affinity();
     search.relieve_iowait();
     search.balance();
 
@@ -214,6 +216,7 @@ fn round_gain(mut g: crate::set::ObjectiveGain) -> crate::set::ObjectiveGain {
         &mut g.iowait,
         &mut g.anti_affinity,
         &mut g.affinity,
+        &mut g.pins,
         &mut g.total,
         &mut g.cost,
     ] {

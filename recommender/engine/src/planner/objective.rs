@@ -8,7 +8,8 @@
 //!   + excess_cpu_weight    × Σ max(0, cpu%(n) − (CPU threshold − excess_margin))²
 //!   + excess_iowait_weight × Σ max(0, iowait%(n) − (IOWait threshold − excess_margin))²
 //!   + anti_affinity_weight × (pairs of an anti-affinity group sharing a node)
-//!   + affinity_weight      × Σ over affinity groups (nodes spanned − 1)
+//!   + affinity_weight      × Σ over affinity rules (nodes spanned − 1)
+//!   + pin_weight           × (guests off the nodes of one of their node-affinity rules)
 //! ```
 //!
 //! (Σ over `n` runs over the eligible nodes.)
@@ -47,6 +48,7 @@ pub(crate) struct Weights {
     pub iowait_excess: f64,
     pub anti_affinity: f64,
     pub affinity: f64,
+    pub pin: f64,
     pub move_cost: f64,
     pub per_gib: f64,
     pub min_gain: f64,
@@ -63,6 +65,7 @@ impl Weights {
             iowait_excess: cfg.excess_iowait_weight,
             anti_affinity: cfg.anti_affinity_weight,
             affinity: cfg.affinity_weight,
+            pin: cfg.pin_weight,
             move_cost: cfg.move_cost,
             per_gib: cfg.move_cost_per_gib,
             min_gain: cfg.min_move_gain,
@@ -75,8 +78,9 @@ impl Weights {
     }
 }
 
-/// The figures of a node that the balance terms read: memory % (current), CPU % and IOWait %
-/// (both time-blended, as the scores read them).
+/// The figures of a node that the balance terms read: memory % (current, of the memory the node
+/// offers guests once its reserve is held back), CPU % and IOWait % (both time-blended, as the
+/// scores read them).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Values {
     pub mem: f64,
@@ -84,10 +88,10 @@ pub(crate) struct Values {
     pub iowait: f64,
 }
 
-pub(crate) fn balance_values(load: &NodeLoad, cfg: &PenaltyConfig) -> Values {
+pub(crate) fn balance_values(load: &NodeLoad, cfg: &PenaltyConfig, mem_scale: f64) -> Values {
     let (cpu, iowait) = load.blend(cfg);
     Values {
-        mem: load.current.mem,
+        mem: load.current.mem * mem_scale,
         cpu,
         iowait,
     }
@@ -129,17 +133,15 @@ impl Balance {
             ),
             ..Balance::default()
         };
-        let changes: Vec<(Values, Values)> = sim
-            .nodes
-            .iter()
-            .filter(|n| n.eligible)
-            .map(|n| {
+        let changes: Vec<(Values, Values)> = (0..sim.nodes.len())
+            .filter(|&i| sim.nodes[i].eligible)
+            .map(|i| {
                 let zero = Values {
                     mem: 0.0,
                     cpu: 0.0,
                     iowait: 0.0,
                 };
-                (zero, balance_values(&n.load, sim.cfg))
+                (zero, sim.values(i, &sim.nodes[i].load))
             })
             .collect();
         b.n = changes.len() as f64;
@@ -201,6 +203,7 @@ pub(crate) fn objective(sim: &Sim<'_>, w: &Weights) -> f64 {
         + iowait
         + w.anti_affinity * sim.groups.violating_pairs() as f64
         + w.affinity * sim.groups.affinity_splits() as f64
+        + w.pin * sim.groups.pins_off() as f64
 }
 
 /// The change in the node-score part when a node's score goes from `old` to `new`, as gains
@@ -227,7 +230,8 @@ impl ObjectiveGain {
             + self.overcommit
             + self.iowait
             + self.anti_affinity
-            + self.affinity;
+            + self.affinity
+            + self.pins;
         self
     }
 
@@ -240,6 +244,7 @@ impl ObjectiveGain {
     pub fn main_term(&self) -> MoveTerm {
         [
             (MoveTerm::AntiAffinity, self.anti_affinity),
+            (MoveTerm::NodeAffinity, self.pins),
             (MoveTerm::Overcommit, self.overcommit),
             (MoveTerm::Iowait, self.iowait),
             (MoveTerm::MemoryBalance, self.memory_balance),

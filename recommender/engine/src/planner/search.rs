@@ -7,16 +7,18 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use crate::gates::{PLANNER_TARGET_GATES, TargetGate, TargetState, first_refusal};
+use crate::rules::RuleKind;
 use crate::score::{NodeLoad, ScoreDetails};
 use crate::set::{MoveTerm, ObjectiveGain, SkipReason, Unresolved};
 
 use super::bounds::Bounder;
-use super::objective::{Balance, Values, Weights, balance_values, score_gain};
+use super::objective::{Balance, Values, Weights, score_gain};
 use super::sim::{ScoreParts, Sim};
 use super::units::{Unit, form};
 
 /// The gates mandatory moves pass: all but `EmptiesSource`, which only balancing respects.
-const MANDATORY_GATES: [TargetGate; 4] = [
+const MANDATORY_GATES: [TargetGate; 5] = [
+    TargetGate::PinnedElsewhere,
     TargetGate::AntiAffinity,
     TargetGate::MemoryCapacity,
     TargetGate::Storage,
@@ -123,7 +125,8 @@ impl<'a> Search<'a> {
         let values = sim
             .nodes
             .iter()
-            .map(|n| balance_values(&n.load, sim.cfg))
+            .enumerate()
+            .map(|(i, n)| sim.values(i, &n.load))
             .collect();
         let moved = vec![false; sim.cluster.guests.len()];
         let eligible = (0..sim.nodes.len())
@@ -145,7 +148,7 @@ impl<'a> Search<'a> {
     fn source_side(&self, u: &Unit) -> SourceSide {
         let load = self.sim.without(u.node, &u.contribution);
         let parts = self.sim.score_of(u.node, &load);
-        let values = balance_values(&load, self.sim.cfg);
+        let values = self.sim.values(u.node, &load);
         SourceSide {
             load,
             parts,
@@ -160,7 +163,7 @@ impl<'a> Search<'a> {
         let from = u.node;
         let to_load = sim.with(to, &u.contribution);
         let to_parts = sim.score_of(to, &to_load);
-        let to_values = balance_values(&to_load, sim.cfg);
+        let to_values = sim.values(to, &to_load);
         let mut gain = ObjectiveGain {
             cost: w.cost(u.contribution.mem_max_gb),
             ..ObjectiveGain::default()
@@ -187,6 +190,10 @@ impl<'a> Search<'a> {
             let removed = pairs(at_source) - pairs(at_source.saturating_sub(k));
             let added = pairs(at_target + k) - pairs(at_target);
             gain.anti_affinity += w.anti_affinity * (removed - added);
+        }
+        for &(rule, k) in &u.pins {
+            let off = |n: usize| f64::from(u8::from(!groups.pin_allows(rule, n)));
+            gain.pins += w.pin * f64::from(k) * (off(from) - off(to));
         }
         for &(grp, k) in &u.affinity {
             let mut spans = 0.0;
@@ -259,7 +266,7 @@ impl<'a> Search<'a> {
             })
             .collect();
         let from = u.node;
-        let to_values = balance_values(&to_load, self.sim.cfg);
+        let to_values = self.sim.values(to, &to_load);
         let mut changes = vec![(self.values[to], to_values)];
         if self.sim.nodes[from].eligible {
             changes.push((self.values[from], src.values));
@@ -288,14 +295,13 @@ impl<'a> Search<'a> {
         format!("every target was refused: {}", list.join("; "))
     }
 
-    /// The units that may take part in mandatory or balancing moves on `node`.
+    /// The units on `node` that may still move: a unit that holds a guest this plan already
+    /// moved stays (a guest moves once, and its affinity group with it).
     fn units_on(&self, node: usize) -> Vec<Unit> {
-        let guests: Vec<usize> = self.sim.on_node[node]
-            .iter()
-            .copied()
-            .filter(|&gi| !self.moved[gi])
-            .collect();
-        form(&self.sim, &guests)
+        form(&self.sim, &self.sim.on_node[node])
+            .into_iter()
+            .filter(|u| u.members.iter().all(|&gi| !self.moved[gi]))
+            .collect()
     }
 
     /// Phase 1: every guest on a node in maintenance leaves it, largest first, each to the
@@ -307,13 +313,51 @@ impl<'a> Search<'a> {
             if !(n.is_online() && n.maintenance) {
                 continue;
             }
-            let guests: Vec<usize> = self.sim.on_node[node]
-                .iter()
-                .copied()
-                .filter(|&gi| !self.moved[gi])
-                .filter(|&gi| crate::gates::guest_gate(&cluster.guests[gi], true).is_none())
-                .collect();
-            let mut units = form(&self.sim, &guests);
+            // groups are formed with every guest there: a guest that may not leave keeps a
+            // strict affinity group with it (reported); from a soft one, the others leave
+            let stay = |gi: usize| {
+                crate::gates::guest_gate(cluster, &cluster.guests[gi], true)
+                    .map(|(_, detail)| (gi, detail))
+            };
+            let mut units = Vec::new();
+            for u in form(&self.sim, &self.sim.on_node[node]) {
+                if u.members.iter().any(|&gi| self.moved[gi]) {
+                    continue;
+                }
+                let held: Vec<(usize, String)> =
+                    u.members.iter().filter_map(|&gi| stay(gi)).collect();
+                if held.is_empty() {
+                    units.push(u);
+                    continue;
+                }
+                let strict = u
+                    .affinity
+                    .iter()
+                    .find(|(rule, _)| self.sim.groups.strict[*rule])
+                    .map(|(rule, _)| self.sim.groups.names[*rule].clone());
+                let free: Vec<usize> = u
+                    .members
+                    .iter()
+                    .copied()
+                    .filter(|gi| held.iter().all(|(h, _)| h != gi))
+                    .collect();
+                match strict {
+                    Some(name) if !free.is_empty() => {
+                        let (gi, detail) = &held[0];
+                        self.unresolved.push(Unresolved {
+                            rule: "maintenance".into(),
+                            node: n.name.clone(),
+                            group: Some(name.clone()),
+                            vmids: free.iter().map(|&g| cluster.guests[g].vmid).collect(),
+                            detail: format!(
+                                "affinity rule {name} keeps them with {}, which may not move: {detail}",
+                                cluster.guests[*gi].vmid
+                            ),
+                        });
+                    }
+                    _ => units.extend(form(&self.sim, &free)),
+                }
+            }
             units.sort_by(|a, b| {
                 b.contribution
                     .mem_max_gb
@@ -321,10 +365,16 @@ impl<'a> Search<'a> {
                     .then(a.vmid(&self.sim).cmp(&b.vmid(&self.sim)))
             });
             for u in units {
-                // a group that fits nowhere together leaves one guest at a time
+                // a group that fits nowhere together leaves one guest at a time, unless a
+                // strict affinity rule binds it: then it stays, and is reported
+                let strict_group = u
+                    .affinity
+                    .iter()
+                    .find(|(rule, _)| self.sim.groups.strict[*rule])
+                    .map(|(rule, _)| self.sim.groups.names[*rule].clone());
                 let parts: Vec<Unit> = if self.place_mandatory(&u, MoveTerm::Maintenance) {
                     continue;
-                } else if u.members.len() > 1 {
+                } else if u.members.len() > 1 && strict_group.is_none() {
                     u.members
                         .iter()
                         .flat_map(|&gi| form(&self.sim, &[gi]))
@@ -339,7 +389,7 @@ impl<'a> Search<'a> {
                         self.unresolved.push(Unresolved {
                             rule: "maintenance".into(),
                             node: n.name.clone(),
-                            group: None,
+                            group: strict_group.clone(),
                             vmids: p
                                 .members
                                 .iter()
@@ -365,12 +415,72 @@ impl<'a> Search<'a> {
         }
     }
 
-    /// Phase 2: anti-affinity violations among running guests are repaired, group by group
-    /// and node by node (in name order), each by the move of one of the group's guests there
-    /// that gains most, until the node holds one or no legal move is left.
+    /// Phase 2a: guests running off the nodes of a strict node-affinity rule (a pin) go to the
+    /// allowed node that gains most, rule by rule in name order.
+    pub fn repair_pins(&mut self) {
+        let cluster = self.sim.cluster;
+        for (ri, rule) in cluster.rules.iter().enumerate() {
+            if rule.kind != RuleKind::NodeAffinity || !rule.strict {
+                continue;
+            }
+            for &gi in &rule.members {
+                let node = self.sim.placement[gi];
+                if self.moved[gi]
+                    || !cluster.guests[gi].is_running()
+                    || !cluster.nodes[node].is_online()
+                    || self.sim.groups.pin_allows(ri, node)
+                {
+                    continue;
+                }
+                let unit = self
+                    .units_on(node)
+                    .into_iter()
+                    .find(|u| u.members.contains(&gi));
+                let detail = match unit.as_ref().map(|u| (u, &u.gate)) {
+                    None => Some(
+                        "it moves with its affinity group, which this plan has already moved"
+                            .to_owned(),
+                    ),
+                    Some((_, Some((_, _, detail)))) => Some(format!("it may not move: {detail}")),
+                    Some((u, None)) => {
+                        let src = self.source_side(u);
+                        match self.best_target(u, &src, &MANDATORY_GATES) {
+                            (Some((to, _)), _) => {
+                                self.apply(u, to, Some(MoveTerm::NodeAffinity), false);
+                                None
+                            }
+                            (None, refused) => Some(self.refusals_text(&refused)),
+                        }
+                    }
+                };
+                if let Some(detail) = detail {
+                    let allowed: Vec<&str> = rule
+                        .nodes
+                        .iter()
+                        .map(|&(n, _)| cluster.nodes[n].name.as_str())
+                        .chain(rule.unknown_nodes.iter().map(String::as_str))
+                        .collect();
+                    self.unresolved.push(Unresolved {
+                        rule: RuleKind::NodeAffinity.as_str().to_owned(),
+                        node: cluster.nodes[node].name.clone(),
+                        group: Some(rule.name.clone()),
+                        vmids: vec![cluster.guests[gi].vmid],
+                        detail: format!("pinned to {}; {detail}", allowed.join(", ")),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Phase 2b: violations of strict anti-affinity rules among running guests are repaired,
+    /// rule by rule and node by node (in name order), each by the move of one of the rule's
+    /// guests there that gains most, until the node holds one or no legal move is left.
     pub fn repair_anti_affinity(&mut self) {
         let cluster = self.sim.cluster;
-        for grp in 0..self.sim.groups.exclude_names.len() {
+        for (grp, rule) in cluster.rules.iter().enumerate() {
+            if rule.kind != RuleKind::AntiAffinity || !rule.strict {
+                continue;
+            }
             for node in 0..cluster.nodes.len() {
                 if !cluster.nodes[node].is_online() {
                     continue;
@@ -378,7 +488,8 @@ impl<'a> Search<'a> {
                 while self.sim.groups.exclude_running(node, grp) >= 2 {
                     let mut best: Option<(Unit, usize, f64)> = None;
                     for u in self.units_on(node) {
-                        if u.gate.is_some() || !u.exclude_running.iter().any(|(g, _)| *g == grp) {
+                        // a unit holding two of the rule's guests carries the violation along
+                        if u.gate.is_some() || !u.exclude_running.contains(&(grp, 1)) {
                             continue;
                         }
                         let src = self.source_side(&u);
@@ -401,6 +512,89 @@ impl<'a> Search<'a> {
         }
     }
 
+    /// Phase 2c: a strict affinity rule whose running guests are on several nodes is brought
+    /// together on the node that holds most of them (ties by name), or the next, where every
+    /// other part can go; otherwise it is reported.
+    pub fn repair_affinity(&mut self) {
+        let cluster = self.sim.cluster;
+        for (ri, rule) in cluster.rules.iter().enumerate() {
+            if rule.kind != RuleKind::Affinity
+                || !rule.strict
+                || self.sim.groups.affinity_span(ri) < 2
+            {
+                continue;
+            }
+            let mut holders: Vec<(u32, usize)> = (0..cluster.nodes.len())
+                .map(|n| (self.sim.groups.affinity_running(n, ri), n))
+                .filter(|(count, _)| *count > 0)
+                .collect();
+            holders.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            let mut why = Vec::new();
+            let mut done = false;
+            for &(_, dest) in &holders {
+                // the parts elsewhere, and whether each can go to `dest` on its own
+                let parts: Vec<Unit> = holders
+                    .iter()
+                    .filter(|(_, n)| *n != dest)
+                    .flat_map(|&(_, n)| self.units_on(n))
+                    .filter(|u| u.affinity.iter().any(|(r, _)| *r == ri))
+                    .collect();
+                let need: f64 = parts.iter().map(|u| u.contribution.mem_max_gb).sum();
+                let blocked = parts.iter().find_map(|u| {
+                    if let Some((_, _, detail)) = &u.gate {
+                        return Some(format!("{}: {detail}", self.vmid_of(u)));
+                    }
+                    if !cluster.nodes[dest].is_online() || cluster.nodes[dest].maintenance {
+                        return Some(format!("{} is not a target", cluster.nodes[dest].name));
+                    }
+                    first_refusal(&MANDATORY_GATES, &self.sim, &u.demand(), dest)
+                        .map(|gate| format!("{}: {}", self.vmid_of(u), gate.as_str()))
+                });
+                let room = self.sim.room_gb(dest) >= need;
+                match (blocked, room) {
+                    (Some(b), _) => why.push(format!("on {}: {b}", cluster.nodes[dest].name)),
+                    (None, false) => why.push(format!(
+                        "on {}: no room for {need:.0} GiB",
+                        cluster.nodes[dest].name
+                    )),
+                    (None, true) => {
+                        for u in parts {
+                            if first_refusal(&MANDATORY_GATES, &self.sim, &u.demand(), dest)
+                                .is_some()
+                            {
+                                break;
+                            }
+                            self.apply(&u, dest, Some(MoveTerm::Affinity), false);
+                        }
+                        done = self.sim.groups.affinity_span(ri) == 1;
+                        break;
+                    }
+                }
+            }
+            if !done {
+                let vmids = rule
+                    .members
+                    .iter()
+                    .filter(|&&gi| cluster.guests[gi].is_running())
+                    .map(|&gi| cluster.guests[gi].vmid)
+                    .collect();
+                self.unresolved.push(Unresolved {
+                    rule: RuleKind::Affinity.as_str().to_owned(),
+                    node: holders
+                        .first()
+                        .map_or(String::new(), |&(_, n)| cluster.nodes[n].name.clone()),
+                    group: Some(rule.name.clone()),
+                    vmids,
+                    detail: if why.is_empty() {
+                        "its guests could not all be brought to one node".to_owned()
+                    } else {
+                        format!("no node can take the whole group: {}", why.join("; "))
+                    },
+                });
+            }
+        }
+    }
+
     fn anti_affinity_unresolved(&self, node: usize, grp: usize) -> Unresolved {
         let cluster = self.sim.cluster;
         let vmids: Vec<u32> = self.sim.on_node[node]
@@ -410,12 +604,22 @@ impl<'a> Search<'a> {
             })
             .map(|&gi| cluster.guests[gi].vmid)
             .collect();
-        let movable = self
+        let units: Vec<Unit> = self
             .units_on(node)
             .into_iter()
             .filter(|u| u.exclude_running.iter().any(|(g, _)| *g == grp))
-            .find(|u| u.gate.is_none());
+            .collect();
+        let bound = units
+            .iter()
+            .any(|u| u.exclude_running.iter().any(|&(g, k)| g == grp && k > 1));
+        let movable = units
+            .into_iter()
+            .find(|u| u.gate.is_none() && u.exclude_running.contains(&(grp, 1)));
         let detail = match movable {
+            None if bound => {
+                "an affinity rule binds these guests together: the rules contradict each other"
+                    .to_owned()
+            }
             None => "no member of the group on this node may move (guest gates)".to_owned(),
             Some(u) => {
                 let src = self.source_side(&u);
@@ -426,10 +630,14 @@ impl<'a> Search<'a> {
         Unresolved {
             rule: "anti_affinity".into(),
             node: cluster.nodes[node].name.clone(),
-            group: Some(self.sim.groups.exclude_names[grp].clone()),
+            group: Some(self.sim.groups.names[grp].clone()),
             vmids,
             detail,
         }
+    }
+
+    fn vmid_of(&self, u: &Unit) -> u32 {
+        u.vmid(&self.sim)
     }
 
     /// Phase 3: IOWait relief by the seed's selection (docs/engine.md §5): off each stressed node,
@@ -542,7 +750,10 @@ impl<'a> Search<'a> {
         gates: &[TargetGate],
     ) -> Option<(usize, ObjectiveGain)> {
         let demand = u.demand();
-        if gates.contains(&TargetGate::EmptiesSource) && self.sim.empties_source(&demand) {
+        // the gates about the source refuse every target alike: settle them once
+        if (gates.contains(&TargetGate::EmptiesSource) && self.sim.empties_source(&demand))
+            || (gates.contains(&TargetGate::SplitsGroup) && self.sim.splits_group(&demand))
+        {
             return None;
         }
         let a = self.source_gain(u, src, bounder);
@@ -623,11 +834,12 @@ impl<'a> Search<'a> {
     /// and by what the node just left could now offer it as a target.
     pub fn balance(&mut self) {
         let guests: Vec<usize> = (0..self.sim.placement.len())
-            .filter(|&gi| self.sim.nodes[self.sim.placement[gi]].eligible && !self.moved[gi])
+            .filter(|&gi| self.sim.nodes[self.sim.placement[gi]].eligible)
             .collect();
         let units: Vec<Unit> = form(&self.sim, &guests)
             .into_iter()
             .filter(|u| u.gate.is_none() && u.contribution.running > 0)
+            .filter(|u| u.members.iter().all(|&gi| !self.moved[gi]))
             .collect();
         let n = units.len();
         let min_gain = self.w.min_gain;
@@ -885,12 +1097,20 @@ impl<'a> Search<'a> {
             if !n.is_online() {
                 continue;
             }
-            let guests: Vec<usize> = self.sim.on_node[node]
-                .iter()
-                .copied()
-                .filter(|&gi| !moved[gi])
-                .collect();
-            for u in form(&self.sim, &guests) {
+            for u in form(&self.sim, &self.sim.on_node[node]) {
+                if u.members.iter().all(|&gi| moved[gi]) {
+                    continue;
+                }
+                if let Some(&mover) = u.members.iter().find(|&&gi| moved[gi]) {
+                    for &gi in u.members.iter().filter(|&&gi| !moved[gi]) {
+                        let detail = format!(
+                            "stays with its affinity group, which {} joined in this plan",
+                            cluster.guests[mover].vmid
+                        );
+                        out.push((vec![gi], (SkipReason::InsufficientImprovement, detail)));
+                    }
+                    continue;
+                }
                 if let Some((gated, reason, detail)) = &u.gate {
                     for &gi in &u.members {
                         let detail = if gi == *gated {

@@ -30,6 +30,7 @@ use crate::set::NodeFigures;
 use crate::view::{Cluster, Guest, overcommit_ratio};
 
 use super::groups::{Groups, StorageSet};
+use super::objective::{Values, balance_values};
 
 /// What one guest, or a group of guests moving together, brings to a node.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -153,6 +154,9 @@ pub(crate) struct Sim<'a> {
     pub stressed_at_start: Vec<bool>,
     /// Per node: refused as a target for IOWait stress, now or at the start.
     refused_for_iowait: Vec<bool>,
+    /// Per node: RAM over the memory it offers guests (its reserve held back), to turn its
+    /// memory % into a percentage of what it offers.
+    mem_scale: Vec<f64>,
 }
 
 impl<'a> Sim<'a> {
@@ -200,6 +204,18 @@ impl<'a> Sim<'a> {
             groups: Groups::new(cluster),
             stressed_at_start: Vec::new(),
             refused_for_iowait: Vec::new(),
+            mem_scale: cluster
+                .nodes
+                .iter()
+                .map(|n| {
+                    let offered = n.offered_mem_gb(cfg);
+                    if offered > 0.0 {
+                        n.total_mem_gb / offered
+                    } else {
+                        1.0
+                    }
+                })
+                .collect(),
         };
         for i in 0..sim.nodes.len() {
             sim.nodes[i].score = sim.score_of(i, &sim.nodes[i].load);
@@ -339,6 +355,11 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// The figures the balance terms read for node `ni` under `load`.
+    pub fn values(&self, ni: usize, load: &NodeLoad) -> Values {
+        balance_values(load, self.cfg, self.mem_scale[ni])
+    }
+
     /// IOWait-stressed (docs/engine.md §5) as the node stands now.
     pub fn is_stressed(&self, ni: usize) -> bool {
         let node = &self.cluster.nodes[ni];
@@ -372,6 +393,12 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// How much more configured memory node `ni` can take within the capacity gate, GiB.
+    pub fn room_gb(&self, ni: usize) -> f64 {
+        let node = &self.cluster.nodes[ni];
+        (1.0 - self.cfg.capacity_headroom) * node.offered_mem_gb(self.cfg) - self.capacity_base(ni)
+    }
+
     /// Memory the capacity gate counts on node `ni`, GiB.
     fn capacity_base(&self, ni: usize) -> f64 {
         let l = &self.nodes[ni].load;
@@ -398,13 +425,23 @@ pub(crate) struct Demand<'u> {
     /// The node the guests leave.
     pub from: usize,
     pub contribution: &'u Contribution,
-    /// Anti-affinity groups of the guests (ids).
+    /// Strict anti-affinity rules of the guests.
     pub exclude: &'u [usize],
+    /// Strict node-affinity rules of the guests.
+    pub pins: &'u [usize],
+    /// Affinity rules with the number of the guests (running) in each.
+    pub affinity: &'u [(usize, u32)],
     /// Storages the guests use; `None` when one exists on no node.
     pub storages: Option<&'u StorageSet>,
 }
 
 impl TargetState<Demand<'_>> for Sim<'_> {
+    fn pinned_elsewhere(&self, d: &Demand<'_>, node: usize) -> bool {
+        d.pins
+            .iter()
+            .any(|&rule| !self.groups.pin_allows(rule, node))
+    }
+
     fn anti_affinity_conflict(&self, d: &Demand<'_>, node: usize) -> bool {
         d.exclude
             .iter()
@@ -412,9 +449,7 @@ impl TargetState<Demand<'_>> for Sim<'_> {
     }
 
     fn lacks_memory(&self, d: &Demand<'_>, node: usize) -> bool {
-        let total = self.cluster.nodes[node].total_mem_gb;
-        self.capacity_base(node) + d.contribution.mem_max_gb
-            > (1.0 - self.cfg.capacity_headroom) * total
+        d.contribution.mem_max_gb > self.room_gb(node)
     }
 
     fn lacks_storage(&self, d: &Demand<'_>, node: usize) -> bool {
@@ -424,6 +459,12 @@ impl TargetState<Demand<'_>> for Sim<'_> {
 
     fn iowait_stressed(&self, node: usize) -> bool {
         self.refused_for_iowait[node]
+    }
+
+    fn splits_group(&self, d: &Demand<'_>) -> bool {
+        d.affinity.iter().any(|&(rule, k)| {
+            self.groups.strict[rule] && self.groups.affinity_running(d.from, rule) > k
+        })
     }
 
     fn empties_source(&self, d: &Demand<'_>) -> bool {

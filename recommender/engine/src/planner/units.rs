@@ -14,12 +14,16 @@ pub(crate) struct Unit {
     /// The node the members are on.
     pub node: usize,
     pub contribution: Contribution,
-    /// Anti-affinity groups of the members (ids, any status): what the target may not hold.
+    /// Strict anti-affinity rules of the members (any status): what the target may not hold.
     pub exclude_any: Vec<usize>,
-    /// Anti-affinity groups with the number of running members in them.
+    /// Anti-affinity rules with the number of running members in them.
     pub exclude_running: Vec<(usize, u32)>,
-    /// Affinity groups with the number of running members in them.
+    /// Affinity rules with the number of running members in them.
     pub affinity: Vec<(usize, u32)>,
+    /// Node-affinity rules with the number of running members in them.
+    pub pins: Vec<(usize, u32)>,
+    /// Strict node-affinity rules of the members: where the unit may go.
+    pub pins_strict: Vec<usize>,
     /// Storages the members use; `None` when one exists on no node.
     pub storages: Option<StorageSet>,
     /// Why the unit may not move in a balancing move: a member's guest gate, with that member.
@@ -40,6 +44,8 @@ impl Unit {
             from: self.node,
             contribution: &self.contribution,
             exclude: &self.exclude_any,
+            pins: &self.pins_strict,
+            affinity: &self.affinity,
             storages: self.storages.as_ref(),
         }
     }
@@ -104,6 +110,8 @@ fn unit_of(sim: &Sim<'_>, members: Vec<usize>) -> Unit {
     let mut exclude_any: Vec<usize> = Vec::new();
     let mut exclude_running: Vec<(usize, u32)> = Vec::new();
     let mut affinity: Vec<(usize, u32)> = Vec::new();
+    let mut pins: Vec<(usize, u32)> = Vec::new();
+    let mut pins_strict: Vec<usize> = Vec::new();
     let mut storages = Some(StorageSet::default());
     let mut gate = None;
     fn count(list: &mut Vec<(usize, u32)>, grp: usize) {
@@ -115,17 +123,26 @@ fn unit_of(sim: &Sim<'_>, members: Vec<usize>) -> Unit {
     for &gi in &members {
         let g = &cluster.guests[gi];
         contribution = contribution.plus(Contribution::of(g));
-        for &grp in &sim.groups.guest_exclude[gi] {
-            if !exclude_any.contains(&grp) {
-                exclude_any.push(grp);
+        let groups = &sim.groups;
+        for &rule in &groups.guest_exclude[gi] {
+            if groups.strict[rule] && !exclude_any.contains(&rule) {
+                exclude_any.push(rule);
             }
             if g.is_running() {
-                count(&mut exclude_running, grp);
+                count(&mut exclude_running, rule);
+            }
+        }
+        for &rule in &groups.guest_pins[gi] {
+            if groups.strict[rule] && !pins_strict.contains(&rule) {
+                pins_strict.push(rule);
+            }
+            if g.is_running() {
+                count(&mut pins, rule);
             }
         }
         if g.is_running() {
-            for &grp in &sim.groups.guest_affinity[gi] {
-                count(&mut affinity, grp);
+            for &rule in &groups.guest_affinity[gi] {
+                count(&mut affinity, rule);
             }
         }
         storages = match (storages, &sim.groups.guest_storages[gi]) {
@@ -136,13 +153,15 @@ fn unit_of(sim: &Sim<'_>, members: Vec<usize>) -> Unit {
             _ => None,
         };
         if gate.is_none() {
-            gate = crate::gates::guest_gate(g, on_maintenance)
+            gate = crate::gates::guest_gate(cluster, g, on_maintenance)
                 .map(|(reason, detail)| (gi, reason, detail));
         }
     }
     exclude_any.sort_unstable();
     exclude_running.sort_unstable();
     affinity.sort_unstable();
+    pins.sort_unstable();
+    pins_strict.sort_unstable();
     Unit {
         members,
         node,
@@ -150,6 +169,8 @@ fn unit_of(sim: &Sim<'_>, members: Vec<usize>) -> Unit {
         exclude_any,
         exclude_running,
         affinity,
+        pins,
+        pins_strict,
         storages,
         gate,
     }
