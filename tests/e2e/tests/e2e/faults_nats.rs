@@ -12,6 +12,72 @@ use proxbalance_collector::publisher::StreamLimits;
 use proxbalance_e2e::NatsServer;
 use support::{Driver, Recommender, stored_snapshots, until_cycle};
 
+/// Node names that read like message kinds (`cluster`, `history`; PVE node names are host names)
+/// and a cluster name with `.`, `:` and `%`: every message keeps an id of its own, so JetStream
+/// stores every status, every cycle completes and the recommendations appear. (With ids of the
+/// form `<cluster>:cluster:<cycle>` the status and the snapshot of the node `cluster` shared
+/// one, JetStream dropped the status as a duplicate, and no cycle ever completed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_read_like_message_kinds_keep_ids_of_their_own() {
+    use proxbalance_proto::subjects::Subjects;
+    support::log();
+    let nats = NatsServer::start().expect("nats-server");
+    let url = nats.url();
+    let cluster = "eu.west:1%";
+    let renamed = support::DEMO
+        .replace("\"pve1\"", "\"cluster\"")
+        .replace("\"pve2\"", "\"history\"");
+    let sim = support::scenario_sim(&renamed, cluster).await;
+    let client = support::pve_client(
+        cluster,
+        vec![format!("https://{}", sim.local_addr())],
+        &sim,
+        Duration::from_secs(10),
+    );
+    let mut driver = Driver::with_client(
+        cluster,
+        sim,
+        client,
+        &url,
+        &StreamLimits::default(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let rec = Recommender::start(&url).await;
+    let mut watch = rec.watch(cluster).await;
+    for _ in 0..2 {
+        let (out, report) = driver.cycle(10.0).await;
+        assert!(out.status.errors.is_empty(), "{:?}", out.status.errors);
+        let nodes: BTreeSet<&str> = out.snapshots.iter().map(|s| s.node.as_str()).collect();
+        assert!(nodes.is_superset(&BTreeSet::from(["cluster", "history"])));
+        assert_eq!((report.failed, report.dropped), (0, 0), "{report:?}");
+    }
+    // The status of the last cycle is what the stream holds last on its subject.
+    let js = async_nats::jetstream::new(driver.nats.clone());
+    let subjects = Subjects::default();
+    let stored = js
+        .get_stream(subjects.snapshots_stream())
+        .await
+        .expect("snapshot stream")
+        .get_last_raw_message_by_subject(&subjects.cluster_status(cluster))
+        .await
+        .expect("the cluster status is stored");
+    let status = proxbalance_proto::codec::decode_cluster_status(&stored.payload).expect("status");
+    assert_eq!(status.cycle, driver.last_cycle);
+    let changed = until_cycle(&mut watch, driver.last_cycle).await;
+    assert_eq!(changed.cycle, driver.last_cycle);
+    let set = rec.recommendations(cluster).await;
+    assert_eq!(set.cluster, cluster);
+    assert!(!set.recommendations.is_empty(), "{set:?}");
+    assert_eq!(
+        stored_snapshots(&url).await.len(),
+        driver.snapshots_built,
+        "every snapshot stored"
+    );
+    rec.stop().await;
+    driver.sim.shutdown().await;
+}
+
 const OUTAGE: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

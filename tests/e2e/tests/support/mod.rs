@@ -24,8 +24,13 @@ pub const WAIT: Duration = Duration::from_secs(60);
 
 /// pvesim with the demo scenario (7 nodes) on a manual clock.
 pub async fn demo_sim(cluster: &str) -> RunningSim {
+    scenario_sim(DEMO, cluster).await
+}
+
+/// pvesim playing the scenario `toml` on a manual clock, its cluster named `cluster`.
+pub async fn scenario_sim(toml: &str, cluster: &str) -> RunningSim {
     proxbalance_collector::app::install_crypto_provider();
-    let mut scenario = Scenario::from_toml_str(DEMO).expect("demo scenario");
+    let mut scenario = Scenario::from_toml_str(toml).expect("scenario");
     scenario.cluster.acceleration = 0.0;
     scenario.cluster.name = cluster.to_owned();
     Simulator::start(scenario, "127.0.0.1:0".parse().expect("addr"))
