@@ -21,6 +21,13 @@ pub const CONTENT_TYPE: &str = "Content-Type";
 /// The value of [`CONTENT_TYPE`] for protobuf payloads.
 pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
 
+/// Compression of the payload: absent for plain protobuf, [`CONTENT_ENCODING_GZIP`] for gzip
+/// (see [`crate::codec::compress`]). Consumers must accept both.
+pub const CONTENT_ENCODING: &str = "Content-Encoding";
+
+/// The value of [`CONTENT_ENCODING`] for a gzip-compressed payload.
+pub const CONTENT_ENCODING_GZIP: &str = "gzip";
+
 /// Schema version of the payload (decimal, see [`crate::SCHEMA_VERSION`]).
 pub const SCHEMA_VERSION: &str = "Proxbalance-Schema-Version";
 

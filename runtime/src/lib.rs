@@ -2,7 +2,10 @@
 //! recommender behave alike:
 //!
 //! - [`NatsSettings`] and [`connect_nats`]: the NATS connection (URL, timeout, user/password,
-//!   nkey or credentials file, TLS); secrets come from files or the environment ([`secret`]);
+//!   nkey or credentials file, TLS, the service's own inbox prefix); secrets come from files or
+//!   the environment ([`secret`]);
+//! - [`publish`]: the one JetStream publish path, with permanent and transient failures told
+//!   apart;
 //! - [`load_config`]: a TOML file with environment overrides, unknown keys refused;
 //! - [`init_logging`]: `tracing` to stderr, text or JSON, filtered by `RUST_LOG`;
 //! - [`start_metrics_exporter`]: the Prometheus `/metrics` listener;
@@ -22,7 +25,12 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 mod env_lists;
+pub mod publish;
 pub mod secret;
+
+pub use publish::{
+    JetStreamPublisher, NatsConnection, OutMessage, PublishError, PublishFailure, Refusals,
+};
 
 pub use secret::{Secret, SecretError, redact_url};
 
@@ -103,6 +111,11 @@ macro_rules! nats_table {
             pub tls_key_file: Option<std::path::PathBuf>,
             /// Refuse to talk to a server without TLS even when no CA file is given.
             pub tls_required: bool,
+            /// Prefix of this service's reply subjects (JetStream acknowledgements, API
+            /// replies, consumer deliveries); none: `_INBOX_<service>` (see
+            /// [`inbox_prefix`]($crate::inbox_prefix)). The server's permissions let each
+            /// service subscribe to its own prefix only.
+            pub inbox_prefix: Option<String>,
             $( $(#[$fmeta])* pub $field: $ty, )*
         }
 
@@ -120,6 +133,7 @@ macro_rules! nats_table {
                     tls_cert_file: None,
                     tls_key_file: None,
                     tls_required: false,
+                    inbox_prefix: None,
                     $( $field: $default, )*
                 }
             }
@@ -140,6 +154,7 @@ macro_rules! nats_table {
                     tls_cert_file: self.tls_cert_file.clone(),
                     tls_key_file: self.tls_key_file.clone(),
                     tls_required: self.tls_required,
+                    inbox_prefix: self.inbox_prefix.clone(),
                 }
             }
         }
@@ -220,6 +235,21 @@ impl NatsSettings {
             }
             _ => {}
         }
+        if let Some(prefix) = &self.inbox_prefix {
+            let valid = !prefix.is_empty()
+                && prefix.split('.').all(|t| {
+                    !t.is_empty()
+                        && !t
+                            .chars()
+                            .any(|c| matches!(c, '*' | '>') || c.is_whitespace() || c.is_control())
+                });
+            if !valid {
+                return Err(invalid(
+                    "inbox_prefix",
+                    "expected dot-separated non-empty tokens without `*`, `>` or whitespace",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -229,9 +259,24 @@ impl NatsSettings {
     }
 }
 
-/// Builds the connect options of `settings` (login, TLS, timeout, name), reading the password
-/// or seed from its file or environment variable. The tests use it to connect exactly as a
-/// service does.
+/// The inbox prefix a service named `client_name` uses: `nats.inbox_prefix` when set, else
+/// `_INBOX_` followed by the name without its `proxbalance-` start (`_INBOX_collector`,
+/// `_INBOX_recommender`). With a prefix of its own per service, the server's permissions can
+/// let each read only its own replies (`deploy/nats-server.conf`).
+pub fn inbox_prefix(settings: &NatsSettings, client_name: &str) -> String {
+    settings.inbox_prefix.clone().unwrap_or_else(|| {
+        format!(
+            "_INBOX_{}",
+            client_name
+                .strip_prefix("proxbalance-")
+                .unwrap_or(client_name)
+        )
+    })
+}
+
+/// Builds the connect options of `settings` (login, TLS, timeout, name, inbox prefix), reading
+/// the password or seed from its file or environment variable. The tests use it to connect
+/// exactly as a service does.
 pub async fn nats_connect_options(
     settings: &NatsSettings,
     client_name: &str,
@@ -293,16 +338,36 @@ pub async fn nats_connect_options(
     }
     Ok(opts
         .name(client_name)
+        .custom_inbox_prefix(inbox_prefix(settings, client_name))
         .connection_timeout(Duration::from_millis(settings.connect_timeout_ms.max(1))))
 }
 
 /// Connects to NATS as `client_name` with the given settings. The client reconnects on its own
-/// after the first connection succeeds. Errors carry the redacted URL and never a secret.
+/// after the first connection succeeds; connection changes and server errors are logged, and
+/// the server's refusals of publishes are fed to the connection's [`Refusals`] (see
+/// [`publish`]). Errors carry the redacted URL and never a secret.
 pub async fn connect_nats(
     settings: &NatsSettings,
     client_name: &str,
-) -> Result<async_nats::Client, RuntimeError> {
-    let opts = nats_connect_options(settings, client_name).await?;
+) -> Result<NatsConnection, RuntimeError> {
+    let refusals = Refusals::default();
+    let feed = refusals.clone();
+    let opts = nats_connect_options(settings, client_name)
+        .await?
+        .event_callback(move |event| {
+            let feed = feed.clone();
+            async move {
+                match &event {
+                    async_nats::Event::ServerError(e) => {
+                        feed.observe(e);
+                        tracing::warn!(error = %e, "NATS server error");
+                    }
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+                    other => tracing::info!(event = %other, "NATS"),
+                }
+            }
+        });
     // `url` may list several servers, comma-separated (a cluster): the client needs more than
     // the one it first reaches to survive that one's loss, since the servers it learns from
     // the cluster's gossip depend on timing.
@@ -315,12 +380,14 @@ pub async fn connect_nats(
             url: settings.redacted_url(),
             detail: redact_url(&e.to_string()),
         })?;
-    opts.connect(servers)
+    let client = opts
+        .connect(servers)
         .await
         .map_err(|e| RuntimeError::Connect {
             url: settings.redacted_url(),
             detail: redact_url(&e.to_string()),
-        })
+        })?;
+    Ok(NatsConnection::new(client, refusals))
 }
 
 /// Loads a configuration: the TOML file (if given), then environment variables named

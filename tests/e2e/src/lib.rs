@@ -15,6 +15,18 @@
 pub mod jwt;
 pub mod pki;
 
+/// The protobuf bytes of a NATS message: its payload, inflated when its `Content-Encoding`
+/// header says gzip (the collector compresses payloads from 1 KiB on). Panics on a payload
+/// that does not inflate: for tests only.
+pub fn payload_of(headers: Option<&async_nats::HeaderMap>, payload: &[u8]) -> Vec<u8> {
+    let encoding = headers
+        .and_then(|h| h.get(proxbalance_proto::headers::CONTENT_ENCODING))
+        .map(|v| v.as_str());
+    proxbalance_proto::codec::decompress(encoding, payload)
+        .expect("payload inflates")
+        .into_owned()
+}
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -417,14 +417,18 @@ async fn cycles_are_published_to_jetstream_with_headers_and_deduplicated() {
     let headers = msg.headers;
     assert_eq!(
         headers.get("Nats-Msg-Id").map(|v| v.as_str()),
-        Some(format!("sim:pve2:{}", out.status.cycle).as_str())
+        Some(format!("snapshot:sim:pve2:{}", out.status.cycle).as_str())
     );
     let tp = headers
         .get("traceparent")
         .map(|v| v.as_str().to_owned())
         .unwrap();
     assert_eq!(tp.len(), 55, "{tp}");
-    let snap = proxbalance_proto::codec::decode_snapshot(&msg.payload).unwrap();
+    let snap = proxbalance_proto::codec::decode_snapshot(&proxbalance_e2e::payload_of(
+        Some(&headers),
+        &msg.payload,
+    ))
+    .unwrap();
     assert_eq!(snap.node, "pve2");
     assert_eq!(
         snap.committed_mem_bytes,
@@ -476,7 +480,11 @@ async fn run_polls_two_clusters_and_a_failing_one_does_not_hold_up_the_other() {
             .await
             .unwrap()
             .unwrap();
-        let s = proxbalance_proto::codec::decode_snapshot(&m.payload).unwrap();
+        let s = proxbalance_proto::codec::decode_snapshot(&proxbalance_e2e::payload_of(
+            m.headers.as_ref(),
+            &m.payload,
+        ))
+        .unwrap();
         seen.insert((s.cycle, s.node.clone()));
     }
     // The bad cluster reports its auth error in its cluster status.
@@ -484,7 +492,11 @@ async fn run_polls_two_clusters_and_a_failing_one_does_not_hold_up_the_other() {
         .await
         .unwrap()
         .unwrap();
-    let st = proxbalance_proto::codec::decode_cluster_status(&m.payload).unwrap();
+    let st = proxbalance_proto::codec::decode_cluster_status(&proxbalance_e2e::payload_of(
+        m.headers.as_ref(),
+        &m.payload,
+    ))
+    .unwrap();
     assert_eq!(st.errors[0].kind, CollectionErrorKind::Auth as i32);
 
     token.cancel();

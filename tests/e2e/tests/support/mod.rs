@@ -348,7 +348,8 @@ pub async fn stored_snapshots(nats_url: &str) -> Vec<(String, u64)> {
     tokio::time::timeout(WAIT, async {
         loop {
             let msg = messages.next().await.expect("open").expect("message");
-            let s = proxbalance_proto::codec::decode_snapshot(&msg.payload).expect("snapshot");
+            let payload = proxbalance_e2e::payload_of(msg.headers.as_ref(), &msg.payload);
+            let s = proxbalance_proto::codec::decode_snapshot(&payload).expect("snapshot");
             out.push((s.node, s.cycle));
             if msg.info().expect("info").pending == 0 {
                 break;
@@ -359,6 +360,27 @@ pub async fn stored_snapshots(nats_url: &str) -> Vec<(String, u64)> {
     .expect("stored snapshots read in time");
     assert!(out.len() as u64 <= total);
     out
+}
+
+/// The process's Prometheus recorder, installed by the first caller (one per test binary:
+/// the services' in-process metrics land there).
+pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("metrics recorder")
+    })
+}
+
+/// `name{labels} value` lines of a Prometheus rendering whose name and labels contain all
+/// of `needles`, summed.
+pub fn metric_sum(text: &str, needles: &[&str]) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && needles.iter().all(|n| l.contains(n)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// Sends the services' logs to the test output when `RUST_LOG` is set.
