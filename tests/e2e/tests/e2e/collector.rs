@@ -507,3 +507,78 @@ async fn run_polls_two_clusters_and_a_failing_one_does_not_hold_up_the_other() {
     assert!(r.is_ok(), "{r:?}");
     sim.shutdown().await;
 }
+
+/// PVE 8 without `/cluster/metrics/export`: guests' disk and network rates come from the
+/// cumulative counters of `/cluster/resources`, which pvestatd refreshes every 10 s (pvesim
+/// too: counters and uptime change on its 10 s ticks only). With steady loads and no noise,
+/// polled every 5 s (the counters change every other cycle) or every 15 s (one or two refreshes
+/// per cycle), every rate is exactly the guest's load, every cycle. (Dividing by the collector's
+/// own interval gave 0 and 2× at 5 s, ±33 % at 15 s.)
+#[tokio::test]
+async fn pve8_rates_are_exact_whatever_the_interval() {
+    init();
+    for interval in [5.0, 15.0] {
+        let mut scenario = Scenario::generated(2, 8, 7);
+        scenario.cluster.flavour = Flavour::Pve8;
+        scenario.cluster.version = None;
+        scenario.cluster.acceleration = 0.0;
+        for (i, g) in scenario.guests.iter_mut().enumerate() {
+            let k = (i + 1) as f64;
+            g.status = pvesim::GuestStatus::Running;
+            g.load = pvesim::LoadSpec {
+                shape: pvesim::Shape::Steady,
+                noise: 0.0,
+                disk_read_mb_s: Some(k),
+                disk_write_mb_s: Some(0.5 * k),
+                net_in_mb_s: 0.25 * k,
+                net_out_mb_s: 0.125 * k,
+                ..g.load.clone()
+            };
+        }
+        let expected: std::collections::HashMap<u32, [f64; 4]> = scenario
+            .guests
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let k = (i + 1) as f64 * 1e6;
+                (g.vmid, [k, 0.5 * k, 0.25 * k, 0.125 * k])
+            })
+            .collect();
+        let sim = Simulator::start(scenario, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let mut c = collector(&sim);
+        // Two refreshes apart, so every guest has a rate.
+        c.collect().await;
+        sim.advance(10.0);
+        c.collect().await;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            sim.advance(interval);
+            let out = c.collect().await;
+            assert!(out.status.errors.is_empty(), "{:?}", out.status.errors);
+            assert_eq!(
+                sim.route_counts()
+                    .get("/cluster/metrics/export")
+                    .copied()
+                    .unwrap_or(0),
+                0
+            );
+            let mut guests = 0;
+            for g in out.snapshots.iter().flat_map(|s| s.guests.iter()) {
+                let got = [
+                    g.disk_read_bps,
+                    g.disk_write_bps,
+                    g.net_in_bps,
+                    g.net_out_bps,
+                ];
+                assert_eq!(got, expected[&g.vmid], "vmid {} at {interval} s", g.vmid);
+                guests += 1;
+            }
+            assert_eq!(guests, 8);
+            seen.push(out.snapshots[0].guests[0].disk_read_bps);
+        }
+        println!("{interval} s interval: first guest's disk read rate per cycle {seen:?}");
+        sim.shutdown().await;
+    }
+}

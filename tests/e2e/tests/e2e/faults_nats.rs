@@ -70,7 +70,11 @@ accounts {{
     let names: Vec<String> = scenario.nodes.iter().map(|n| n.name.clone()).collect();
     let big = names[0].clone();
     for (i, g) in scenario.guests.iter_mut().enumerate() {
-        g.node = if i < 20 { names[1 + i % 2].clone() } else { big.clone() };
+        g.node = if i < 20 {
+            names[1 + i % 2].clone()
+        } else {
+            big.clone()
+        };
     }
     proxbalance_collector::app::install_crypto_provider();
     let sim = pvesim::Simulator::start(scenario, "127.0.0.1:0".parse().expect("addr"))
