@@ -58,7 +58,7 @@ fn client_for(
 }
 
 fn pinned(sim: &RunningSim) -> TlsVerification {
-    TlsVerification::Fingerprint(parse_fingerprint(&sim.fingerprint_sha256()).unwrap())
+    TlsVerification::Fingerprints(vec![parse_fingerprint(&sim.fingerprint_sha256()).unwrap()])
 }
 
 fn settings() -> CycleSettings {
@@ -262,7 +262,7 @@ async fn fingerprint_mismatch_refuses_the_connection_and_the_ca_file_works() {
         &sim,
         vec![ep.clone()],
         DEFAULT_TOKEN_SECRET,
-        TlsVerification::Fingerprint([0xAB; 32]),
+        TlsVerification::Fingerprints(vec![[0xAB; 32]]),
     );
     let err = client
         .get::<Vec<ClusterResource>>("/cluster/resources")
@@ -296,32 +296,86 @@ async fn fingerprint_mismatch_refuses_the_connection_and_the_ca_file_works() {
     sim.shutdown().await;
 }
 
+/// Failover to a second endpoint that presents its own node's certificate, as every PVE node
+/// does, over real HTTPS: pinned to the first node's fingerprint only, the second endpoint is
+/// refused (the defect: a cluster took one fingerprint, so failover always failed); with one
+/// fingerprint per endpoint (`fingerprint = [..]`, read through the configuration) or the
+/// cluster CA, the second endpoint takes over.
 #[tokio::test]
-async fn second_endpoint_takes_over_when_the_first_is_down() {
+async fn second_endpoint_takes_over_with_its_own_certificate() {
     init();
     let sim = start_sim(2, 8, Flavour::Pve9).await;
     let second = sim
         .add_endpoint("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
+    let (fp0, fp1) = (
+        sim.endpoint_fingerprint(0).unwrap(),
+        sim.endpoint_fingerprint(1).unwrap(),
+    );
+    assert_ne!(fp0, fp1, "each node has its own certificate");
+    assert_eq!(sim.fingerprints(), vec![fp0.clone(), fp1.clone()]);
     let first = base_url(sim.local_addr());
     sim.stop_endpoint(0).await.unwrap();
-    let client = client_for(
-        &sim,
-        vec![first, base_url(second)],
-        DEFAULT_TOKEN_SECRET,
-        pinned(&sim),
+    let endpoints = vec![first, base_url(second)];
+
+    // One fingerprint, the first node's: the second endpoint's certificate is refused.
+    let client = client_for(&sim, endpoints.clone(), DEFAULT_TOKEN_SECRET, pinned(&sim));
+    let out = ClusterCollector::new(settings(), client).collect().await;
+    let tls_errors: Vec<&str> = out
+        .status
+        .errors
+        .iter()
+        .filter(|e| e.kind == CollectionErrorKind::Tls as i32)
+        .map(|e| e.message.as_str())
+        .collect();
+    assert!(
+        tls_errors.iter().any(|m| m.contains(&format!(
+            "certificate fingerprint mismatch: expected SHA-256 {fp0}, server presented {fp1}"
+        ))),
+        "{:?}",
+        out.status.errors
     );
-    let mut c = ClusterCollector::new(settings(), client);
-    let out = c.collect().await;
-    assert!(out.status.errors.is_empty(), "{:?}", out.status.errors);
-    assert_eq!(out.status.endpoint, base_url(second));
-    assert_eq!(out.snapshots.len(), 2);
     assert!(
         out.snapshots
             .iter()
-            .all(|s| s.status == NodeStatus::Online as i32)
+            .all(|s| s.status != NodeStatus::Online as i32)
     );
+
+    // One fingerprint per endpoint, as the configuration takes it.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("token");
+    std::fs::write(&secret, DEFAULT_TOKEN_SECRET).unwrap();
+    let cfg = Config::from_toml(&format!(
+        "[[clusters]]\nname = \"sim\"\nendpoints = {endpoints:?}\ntoken_id = {DEFAULT_TOKEN_ID:?}\ntoken_secret_file = {secret:?}\nfingerprint = [{fp0:?}, {fp1:?}]\n"
+    ))
+    .unwrap();
+    let client = cfg.clusters[0]
+        .client_settings()
+        .and_then(PveClient::new)
+        .unwrap();
+    let ca = dir.path().join("pve-root-ca.pem");
+    std::fs::write(&ca, sim.ca_pem()).unwrap();
+    for client in [
+        client,
+        client_for(
+            &sim,
+            endpoints.clone(),
+            DEFAULT_TOKEN_SECRET,
+            TlsVerification::CaFile(ca),
+        ),
+    ] {
+        let mut c = ClusterCollector::new(settings(), client);
+        let out = c.collect().await;
+        assert!(out.status.errors.is_empty(), "{:?}", out.status.errors);
+        assert_eq!(out.status.endpoint, base_url(second));
+        assert_eq!(out.snapshots.len(), 2);
+        assert!(
+            out.snapshots
+                .iter()
+                .all(|s| s.status == NodeStatus::Online as i32)
+        );
+    }
     sim.shutdown().await;
 }
 
@@ -452,7 +506,7 @@ async fn run_polls_two_clusters_and_a_failing_one_does_not_hold_up_the_other() {
     let mk = |name: &str, secret: &std::path::Path| {
         let mut c = ClusterConfig::new(name, vec![base_url(sim.local_addr())], DEFAULT_TOKEN_ID);
         c.token_secret_file = Some(secret.to_owned());
-        c.fingerprint = Some(sim.fingerprint_sha256());
+        c.fingerprint = vec![sim.fingerprint_sha256()];
         c.interval_s = 0.2;
         c
     };

@@ -89,10 +89,10 @@ accounts {{
                 pvesim::DEFAULT_TOKEN_SECRET,
             )
             .expect("token"),
-            tls: proxbalance_collector::pve::TlsVerification::Fingerprint(
+            tls: proxbalance_collector::pve::TlsVerification::Fingerprints(vec![
                 proxbalance_collector::pve::tls::parse_fingerprint(&sim.fingerprint_sha256())
                     .expect("fingerprint"),
-            ),
+            ]),
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
             max_concurrency: 4,
