@@ -444,6 +444,14 @@ pub fn init_logging(json: bool) {
     };
 }
 
+/// Upper bounds (seconds) of the buckets of every duration histogram (every metric whose name
+/// ends in `_seconds` and is recorded with `histogram!`): 1 ms to 60 s, about ×2.5 apart. They
+/// cover a gRPC call served from the cache (about 1 ms), a recomputation (ms to s) and a
+/// collection cycle (tenths of a second to tens of seconds).
+pub const DURATION_BUCKETS_SECONDS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 /// Starts the Prometheus exporter on `listen` (`host:port`) and installs it as the global
 /// metrics recorder; series idle for `idle_timeout` are dropped (see [`prometheus_builder`]).
 /// `None` starts nothing.
@@ -465,13 +473,26 @@ pub fn start_metrics_exporter(
     Ok(Some(addr))
 }
 
-/// The exporter's builder. With `idle_timeout`, a series not updated for that long leaves the
-/// scrape output (until it is updated again): the labels of a cluster or node that
-/// disappeared do not stay forever.
-fn prometheus_builder(
+/// The exporter's builder.
+///
+/// - Durations are Prometheus histograms with [`DURATION_BUCKETS_SECONDS`] (`NAME_bucket{le=…}`,
+///   `NAME_sum`, `NAME_count`), not summaries: a summary's quantiles cannot be aggregated
+///   across replicas or clusters, a histogram's buckets can
+///   (`histogram_quantile(0.99, sum by (le) (rate(NAME_bucket[5m])))`).
+/// - With `idle_timeout`, a series not updated for that long leaves the scrape output (until
+///   it is updated again): the labels of a cluster or node that disappeared do not stay
+///   forever.
+pub fn prometheus_builder(
     idle_timeout: Option<Duration>,
 ) -> metrics_exporter_prometheus::PrometheusBuilder {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
+    let with_buckets = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &DURATION_BUCKETS_SECONDS,
+        );
+    // Only an empty list is refused, and the list is a non-empty constant.
+    with_buckets
+        .unwrap_or_else(|_| metrics_exporter_prometheus::PrometheusBuilder::new())
         .idle_timeout(metrics_util::MetricKindMask::ALL, idle_timeout)
 }
 
@@ -542,6 +563,43 @@ mod tests {
         let out = handle.render();
         assert!(!out.contains("gone_seconds"), "{out}");
         assert!(out.contains("kept_seconds{cluster=\"live\"} 2"), "{out}");
+    }
+
+    #[test]
+    fn durations_are_histograms_with_the_documented_buckets() {
+        let recorder = prometheus_builder(None).build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::histogram!("unit_test_duration_seconds", "cluster" => "a").record(0.003);
+            metrics::histogram!("unit_test_duration_seconds", "cluster" => "a").record(7.0);
+        });
+        let text = handle.render();
+        assert!(!text.contains("quantile="), "{text}");
+        assert!(
+            text.contains("# TYPE unit_test_duration_seconds histogram"),
+            "{text}"
+        );
+        let bucket = |le: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("unit_test_duration_seconds_bucket")
+                        && l.contains(&format!("le=\"{le}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        for le in DURATION_BUCKETS_SECONDS {
+            assert!(bucket(&le.to_string()).is_some(), "le={le}: {text}");
+        }
+        assert_eq!(bucket("0.0025").as_deref(), Some("0"));
+        assert_eq!(bucket("0.005").as_deref(), Some("1"));
+        assert_eq!(bucket("5").as_deref(), Some("1"));
+        assert_eq!(bucket("10").as_deref(), Some("2"));
+        assert_eq!(bucket("+Inf").as_deref(), Some("2"));
+        assert!(
+            text.contains("unit_test_duration_seconds_count{cluster=\"a\"} 2"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1025,7 +1025,13 @@ fn nats_chart_values_grant_the_permissions_of_the_server_config() {
 /// Metric names registered in the services' source: the first `"name"` literal after each
 /// `counter!(`, `gauge!(` or `histogram!(` (also `describe_*!`).
 fn registered_metrics() -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
+    registered_metrics_by_kind().into_keys().collect()
+}
+
+/// [`registered_metrics`], each with the macro that records it (`counter!(`, `gauge!(`,
+/// `histogram!(`).
+fn registered_metrics_by_kind() -> BTreeMap<String, &'static str> {
+    let mut names = BTreeMap::new();
     // Names declared as `const NAME: &str = "proxbalance_…"`, kept when a macro names the const.
     let mut consts: Vec<(String, String)> = Vec::new();
     let mut sources = String::new();
@@ -1060,7 +1066,7 @@ fn registered_metrics() -> BTreeSet<String> {
                             if let Some(lit) = rest.strip_prefix('"')
                                 && let Some(end) = lit.find('"')
                             {
-                                names.insert(lit[..end].to_owned());
+                                names.insert(lit[..end].to_owned(), mac);
                             }
                         }
                     }
@@ -1070,15 +1076,17 @@ fn registered_metrics() -> BTreeSet<String> {
     }
     let compact: String = sources.split_whitespace().collect();
     for (name, value) in consts {
-        let used = ["counter!(", "gauge!(", "histogram!("].iter().any(|mac| {
-            ["", "metric::"].iter().any(|path| {
-                [',', ')']
-                    .iter()
-                    .any(|end| compact.contains(&format!("{mac}{path}{name}{end}")))
-            })
-        });
-        if used {
-            names.insert(value);
+        let used = ["counter!(", "gauge!(", "histogram!("]
+            .into_iter()
+            .find(|mac| {
+                ["", "metric::"].iter().any(|path| {
+                    [',', ')']
+                        .iter()
+                        .any(|end| compact.contains(&format!("{mac}{path}{name}{end}")))
+                })
+            });
+        if let Some(mac) = used {
+            names.insert(value, mac);
         }
     }
     names
@@ -1149,6 +1157,30 @@ fn grafana_dashboard_queries_only_registered_metrics() {
         assert_eq!(
             metrics.difference(&used).collect::<Vec<_>>(),
             Vec::<&String>::new()
+        );
+    }
+    // Durations are histograms (summaries' quantiles cannot be aggregated across replicas):
+    // no query reads a `quantile` label, and every histogram's percentiles come from its
+    // buckets with histogram_quantile, aggregated by `le`.
+    for q in &queries {
+        assert!(!q.contains("quantile=\""), "a summary quantile in {q:?}");
+    }
+    let histograms: Vec<String> = registered_metrics_by_kind()
+        .into_iter()
+        .filter(|(name, mac)| *mac == "histogram!(" && name.starts_with("proxbalance_"))
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(histograms.len(), 3, "{histograms:?}");
+    for h in &histograms {
+        assert!(
+            h.ends_with("_seconds"),
+            "{h}: the exporter gives _seconds histograms buckets"
+        );
+        let bucket = format!("{h}_bucket");
+        let quantile = queries.iter().find(|q| q.contains(&bucket));
+        assert!(
+            quantile.is_some_and(|q| q.starts_with("histogram_quantile(") && q.contains(" le)")),
+            "{h}: expected histogram_quantile(…, sum by (…, le) (rate({bucket}…))), found {quantile:?}"
         );
     }
     // Every panel queries the data source variable.

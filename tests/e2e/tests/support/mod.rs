@@ -38,7 +38,8 @@ pub async fn scenario_sim(toml: &str, cluster: &str) -> RunningSim {
         .expect("pvesim")
 }
 
-/// A PVE client for `sim`'s endpoints (in order), with the given request timeout.
+/// A PVE client for `sim`'s endpoints (in order), with the given request timeout, pinned to
+/// every node's certificate (each endpoint presents its node's own).
 pub fn pve_client(
     cluster: &str,
     endpoints: Vec<String>,
@@ -49,8 +50,11 @@ pub fn pve_client(
         cluster: cluster.into(),
         endpoints,
         token: ApiToken::new(TOKEN_ID, TOKEN_SECRET).expect("token"),
-        tls: TlsVerification::Fingerprint(
-            parse_fingerprint(&sim.fingerprint_sha256()).expect("fingerprint"),
+        tls: TlsVerification::Fingerprints(
+            sim.fingerprints()
+                .iter()
+                .map(|f| parse_fingerprint(f).expect("fingerprint"))
+                .collect(),
         ),
         request_timeout: timeout,
         connect_timeout: Duration::from_secs(2),
@@ -362,13 +366,13 @@ pub async fn stored_snapshots(nats_url: &str) -> Vec<(String, u64)> {
     out
 }
 
-/// The process's Prometheus recorder, installed by the first caller (one per test binary:
-/// the services' in-process metrics land there).
+/// The process's Prometheus recorder, as the services' exporter sets it up, installed by the
+/// first caller (one per test binary: the services' in-process metrics land there).
 pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
         std::sync::OnceLock::new();
     HANDLE.get_or_init(|| {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
+        proxbalance_runtime::prometheus_builder()
             .install_recorder()
             .expect("metrics recorder")
     })
