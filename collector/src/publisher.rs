@@ -245,6 +245,32 @@ impl Publisher {
         }
     }
 
+    /// Books the outcome of publishing one of this cycle's messages: acknowledged, refused for
+    /// good (dropped and counted, see [`Publisher::refused`]) or failed (kept in `failed` for the
+    /// retry buffer). Returns whether it was refused.
+    fn settle(
+        &self,
+        cluster: &str,
+        message: OutMessage,
+        result: Result<(), proxbalance_runtime::PublishError>,
+        report: &mut PublishReport,
+        failed: &mut Vec<OutMessage>,
+    ) -> bool {
+        match result {
+            Ok(()) => report.published += 1,
+            Err(e) if e.is_permanent() => {
+                self.refused(cluster, &message, &e);
+                report.refused += 1;
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(cluster, error = %e, "publish failed");
+                failed.push(message);
+            }
+        }
+        false
+    }
+
     /// Publishes what `buffer` holds from earlier cycles, in order, then this cycle's
     /// messages (histories one by one, snapshots concurrently, the status last).
     ///
@@ -323,48 +349,21 @@ impl Publisher {
             failed.extend(snapshots);
         } else {
             for (node, m) in histories {
-                match self.inner.publish(&m).await {
-                    Ok(()) => report.published += 1,
-                    Err(e) if e.is_permanent() => {
-                        self.refused(&cluster, &m, &e);
-                        report.refused += 1;
-                        status.histories.retain(|n| n != node);
-                    }
-                    Err(e) => {
-                        tracing::warn!(cluster = %cluster, error = %e, "publish failed");
-                        failed.push(m);
-                    }
+                let result = self.inner.publish(&m).await;
+                if self.settle(&cluster, m, result, &mut report, &mut failed) {
+                    status.histories.retain(|n| n != node);
                 }
             }
             let sends = snapshots.iter().map(|m| self.inner.publish(m));
             let results = futures_util::future::join_all(sends).await;
-            for (m, r) in snapshots.into_iter().zip(results) {
-                match r {
-                    Ok(()) => report.published += 1,
-                    Err(e) if e.is_permanent() => {
-                        self.refused(&cluster, &m, &e);
-                        report.refused += 1;
-                    }
-                    Err(e) => {
-                        tracing::warn!(cluster = %cluster, error = %e, "publish failed");
-                        failed.push(m);
-                    }
-                }
+            for (m, result) in snapshots.into_iter().zip(results) {
+                self.settle(&cluster, m, result, &mut report, &mut failed);
             }
         }
         let status = self.status_message(&status, &trace);
         if failed.is_empty() && !nats_failing {
-            match self.inner.publish(&status).await {
-                Ok(()) => report.published += 1,
-                Err(e) if e.is_permanent() => {
-                    self.refused(&cluster, &status, &e);
-                    report.refused += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(cluster = %cluster, error = %e, "publish failed");
-                    failed.push(status);
-                }
-            }
+            let result = self.inner.publish(&status).await;
+            self.settle(&cluster, status, result, &mut report, &mut failed);
         } else {
             failed.push(status);
         }

@@ -235,20 +235,13 @@ impl NatsSettings {
             }
             _ => {}
         }
-        if let Some(prefix) = &self.inbox_prefix {
-            let valid = !prefix.is_empty()
-                && prefix.split('.').all(|t| {
-                    !t.is_empty()
-                        && !t
-                            .chars()
-                            .any(|c| matches!(c, '*' | '>') || c.is_whitespace() || c.is_control())
-                });
-            if !valid {
-                return Err(invalid(
-                    "inbox_prefix",
-                    "expected dot-separated non-empty tokens without `*`, `>` or whitespace",
-                ));
-            }
+        if let Some(prefix) = &self.inbox_prefix
+            && !proxbalance_proto::subjects::is_literal_prefix(prefix)
+        {
+            return Err(invalid(
+                "inbox_prefix",
+                "expected dot-separated non-empty tokens without `*`, `>` or whitespace",
+            ));
         }
         Ok(())
     }
@@ -624,6 +617,42 @@ mod tests {
             err.starts_with("cannot connect to NATS at nats://127.0.0.1:1:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn each_service_has_an_inbox_prefix_of_its_own() {
+        let base = NatsSettings::default();
+        assert_eq!(
+            inbox_prefix(&base, "proxbalance-collector"),
+            "_INBOX_collector"
+        );
+        assert_eq!(
+            inbox_prefix(&base, "proxbalance-recommender"),
+            "_INBOX_recommender"
+        );
+        let custom = NatsSettings {
+            inbox_prefix: Some("_INBOX_lab.collector".into()),
+            ..base.clone()
+        };
+        assert!(custom.validate().is_ok());
+        assert_eq!(
+            inbox_prefix(&custom, "proxbalance-collector"),
+            "_INBOX_lab.collector"
+        );
+        for bad in ["", "_INBOX.>", "a..b", "a b"] {
+            let err = NatsSettings {
+                inbox_prefix: Some(bad.into()),
+                ..base.clone()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string();
+            assert_eq!(
+                err,
+                "configuration, nats.inbox_prefix: expected dot-separated non-empty tokens without `*`, `>` or whitespace",
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
