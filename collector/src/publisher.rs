@@ -84,9 +84,12 @@ pub struct PublishReport {
 pub struct Publisher {
     inner: JetStreamPublisher,
     subjects: Subjects,
-    /// `(cluster, message type, reason)` of the refusals already logged as warnings.
-    warned: Arc<Mutex<BTreeSet<(String, &'static str, &'static str)>>>,
+    /// The refusals already logged as warnings.
+    warned: Arc<Mutex<BTreeSet<RefusalKind>>>,
 }
+
+/// `(cluster, message type, reason)` of a refused message: what "log once" is once per.
+type RefusalKind = (String, &'static str, &'static str);
 
 /// A fresh W3C traceparent with a random trace id and span id.
 pub fn new_traceparent() -> String {

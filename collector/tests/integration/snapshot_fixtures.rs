@@ -238,7 +238,7 @@ fn history_drops_time_only_points_and_sorts() {
 #[test]
 fn history_values_travel_at_single_precision() {
     assert_eq!(single_precision(0.1), f64::from(0.1f32));
-    assert_eq!(single_precision(57_576_897_877.3333), 57_576_898_560.0);
+    assert_eq!(single_precision(57_576_897_877.333_3), 57_576_898_560.0);
     // Out of single precision's range: kept, never turned into infinity.
     assert_eq!(single_precision(1e300), 1e300);
     assert!(single_precision(f64::NAN).is_nan());

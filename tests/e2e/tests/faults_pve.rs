@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use proxbalance_collector::publisher::StreamLimits;
 use proxbalance_e2e::NatsServer;
+use proxbalance_e2e::metric_sum;
 use proxbalance_proto::v1 as pb;
 use pvesim::{DownMode, Fault};
-use support::{Driver, Recommender, metric_sum, until_cycle};
+use support::{Driver, Recommender, until_cycle};
 
 const TIMEOUT: Duration = Duration::from_millis(1500);
 
@@ -44,7 +45,7 @@ fn involved(set: &pb::RecommendationSet) -> BTreeMap<String, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pve_faults_are_reported_and_unread_nodes_are_never_recommended() {
     support::log();
-    let prometheus = support::prometheus();
+    let prometheus = proxbalance_e2e::prometheus();
     let nats = NatsServer::start().expect("nats-server");
     let url = nats.url();
     let sim = support::demo_sim("demo").await;

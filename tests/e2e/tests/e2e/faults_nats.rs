@@ -27,7 +27,7 @@ async fn messages_the_server_can_never_store_are_dropped_and_the_cluster_goes_on
     use proxbalance_collector::retry::RetryBuffer;
     use proxbalance_proto::subjects::Subjects;
     support::log();
-    let prometheus = support::prometheus();
+    let prometheus = proxbalance_e2e::prometheus();
     let dir = tempfile::tempdir().expect("temp dir");
     let secret = |name: &str, value: &str| {
         let path = dir.path().join(name);
@@ -163,7 +163,7 @@ accounts {{
     }
     let text = prometheus.render();
     let refused = |message: &str, reason: &str| {
-        support::metric_sum(
+        proxbalance_e2e::metric_sum(
             &text,
             &[
                 "proxbalance_collector_publish_refused_total{",

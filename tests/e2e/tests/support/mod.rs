@@ -366,27 +366,6 @@ pub async fn stored_snapshots(nats_url: &str) -> Vec<(String, u64)> {
     out
 }
 
-/// The process's Prometheus recorder, as the services' exporter sets it up, installed by the
-/// first caller (one per test binary: the services' in-process metrics land there).
-pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
-        std::sync::OnceLock::new();
-    HANDLE.get_or_init(|| {
-        proxbalance_runtime::prometheus_builder()
-            .install_recorder()
-            .expect("metrics recorder")
-    })
-}
-
-/// `name{labels} value` lines of a Prometheus rendering whose name and labels contain all
-/// of `needles`, summed.
-pub fn metric_sum(text: &str, needles: &[&str]) -> u64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && needles.iter().all(|n| l.contains(n)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 /// Sends the services' logs to the test output when `RUST_LOG` is set.
 pub fn log() {
     if std::env::var_os("RUST_LOG").is_some() {
