@@ -103,9 +103,15 @@ async fn main() -> anyhow::Result<()> {
         "pvesim: cluster '{name}' (PVE {flavour}), {} nodes, {} guests",
         counts.0, counts.1
     );
+    for addr in sim.endpoints() {
+        println!("listening on https://{addr}/api2/json");
+    }
+    // Every node has its own certificate; endpoint i presents node i's.
     for (i, addr) in sim.endpoints().into_iter().enumerate() {
-        let fingerprint = sim.endpoint_fingerprint(i)?;
-        println!("listening on https://{addr}/api2/json (certificate {fingerprint})");
+        println!(
+            "certificate of https://{addr}: {}",
+            sim.endpoint_fingerprint(i)?
+        );
     }
     println!("fingerprint {}", sim.fingerprint_sha256());
     if let Some(h) = sim.token_header() {
