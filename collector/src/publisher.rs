@@ -242,9 +242,9 @@ impl Publisher {
             .unwrap_or_else(|e| e.into_inner())
             .insert((cluster.to_owned(), message.message_type, reason));
         if first {
-            tracing::warn!(cluster, message = message.message_type, reason, error = %error, "message can never be stored; dropped (further ones of this kind are logged at debug level and counted in proxbalance_collector_publish_refused_total)");
+            tracing::warn!(cluster, message_type = message.message_type, reason, error = %error, "message can never be stored; dropped (further ones of this kind are logged at debug level and counted in proxbalance_collector_publish_refused_total)");
         } else {
-            tracing::debug!(cluster, message = message.message_type, reason, error = %error, "message can never be stored; dropped");
+            tracing::debug!(cluster, message_type = message.message_type, reason, error = %error, "message can never be stored; dropped");
         }
     }
 

@@ -336,9 +336,8 @@ pub async fn nats_connect_options(
 }
 
 /// Connects to NATS as `client_name` with the given settings. The client reconnects on its own
-/// after the first connection succeeds; connection changes and server errors are logged, and
-/// the server's refusals of publishes are fed to the connection's [`Refusals`] (see
-/// [`publish`]). Errors carry the redacted URL and never a secret.
+/// after the first connection succeeds; the server's refusals of publishes are fed to the
+/// connection's [`Refusals`] (see [`publish`]). Errors carry the redacted URL and never a secret.
 pub async fn connect_nats(
     settings: &NatsSettings,
     client_name: &str,
@@ -349,15 +348,10 @@ pub async fn connect_nats(
         .await?
         .event_callback(move |event| {
             let feed = feed.clone();
+            // async-nats logs every event itself.
             async move {
-                match &event {
-                    async_nats::Event::ServerError(e) => {
-                        feed.observe(e);
-                        tracing::warn!(error = %e, "NATS server error");
-                    }
-                    async_nats::Event::Connected => tracing::info!("NATS connected"),
-                    async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
-                    other => tracing::info!(event = %other, "NATS"),
+                if let async_nats::Event::ServerError(e) = &event {
+                    feed.observe(e);
                 }
             }
         });

@@ -493,6 +493,45 @@ async fn cycles_are_published_to_jetstream_with_headers_and_deduplicated() {
     sim.shutdown().await;
 }
 
+/// A stream deleted under the running collector: JetStream answers "no responders" for its
+/// subjects. That is permanent (nothing stores them until an operator creates the stream), so
+/// the cycle's snapshots and status are dropped and counted, not retried forever, and the
+/// histories (their stream still there) are stored.
+#[tokio::test]
+async fn messages_without_a_stream_are_dropped_not_retried() {
+    init();
+    let nats = NatsServer::start().unwrap();
+    let sim = start_sim(3, 12, Flavour::Pve9).await;
+    let nc = async_nats::connect(nats.url()).await.unwrap();
+    let publisher = Publisher::new(
+        nc.clone(),
+        Subjects::default(),
+        &StreamLimits::default(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let js = async_nats::jetstream::new(nc);
+    js.delete_stream("PROXBALANCE_SNAPSHOTS").await.unwrap();
+    let mut c = collector(&sim);
+    let out = c.collect().await;
+    let mut retry = proxbalance_collector::retry::RetryBuffer::new(100);
+    let started = std::time::Instant::now();
+    let report = publisher.publish_cycle_buffered(&out, &mut retry).await;
+    assert_eq!(report.published, 3, "the histories: {report:?}");
+    assert_eq!(
+        report.refused,
+        3 + 1,
+        "the snapshots and the status: {report:?}"
+    );
+    assert_eq!((report.failed, report.buffered), (0, 0), "{report:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no acknowledgement waited for"
+    );
+    sim.shutdown().await;
+}
+
 #[tokio::test]
 async fn run_polls_two_clusters_and_a_failing_one_does_not_hold_up_the_other() {
     init();
