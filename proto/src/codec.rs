@@ -114,8 +114,8 @@ pub const COMPRESS_FROM_BYTES: usize = 1024;
 /// Why: a snapshot repeats the same field tags and words (`running`, storage names) for every
 /// guest and shrinks to less than half (5,000 guests of pvesim: 597 kB → 248 kB), so a node
 /// with 5,000 guests fits NATS' default `max_payload` of 1 MB with room for long names and
-/// tags; a node's PVE 9 history (1,776 points, 96 kB) shrinks to 7 kB on pvesim and stays
-/// under 64 KiB even when every value is noise.
+/// tags; a node's PVE 9 history (1,776 points, 96 kB) shrinks to 7 kB on pvesim and, its
+/// values travelling at single precision, to 41 kB when every value is noise.
 pub fn compress(payload: Vec<u8>) -> (Vec<u8>, Option<&'static str>) {
     if payload.len() < COMPRESS_FROM_BYTES {
         return (payload, None);

@@ -290,10 +290,10 @@ impl JetStreamPublisher {
     /// A publisher on `connection` that waits at most `ack_timeout` for each acknowledgement.
     pub fn new(connection: impl Into<NatsConnection>, ack_timeout: Duration) -> Self {
         let connection = connection.into();
-        let mut js = jetstream::new(connection.client.clone());
-        js.set_timeout(ack_timeout);
+        // The context keeps async-nats' own request timeout (stream set-up, consumers); the
+        // acknowledgement of a publish is bounded by `ack_timeout` around it.
         Self {
-            js,
+            js: jetstream::new(connection.client.clone()),
             client: connection.client,
             refusals: connection.refusals,
             ack_timeout,
