@@ -111,7 +111,7 @@ pub fn new_traceparent() -> String {
 /// `message` encoded as it travels: protobuf, gzipped from 1 KiB on
 /// ([`proxbalance_proto::codec::compress`]).
 fn out_message<M: prost::Message>(
-    subject: String,
+    (subject, stream): (String, String),
     msg_id: String,
     message_type: &'static str,
     traceparent: &str,
@@ -123,6 +123,7 @@ fn out_message<M: prost::Message>(
         subject,
         msg_id,
         message_type,
+        stream,
         traceparent: Some(traceparent.to_owned()),
         content_encoding,
         payload: payload.into(),
@@ -212,7 +213,10 @@ impl Publisher {
     /// The status message of a cycle.
     fn status_message(&self, st: &ClusterStatus, trace: &str) -> OutMessage {
         out_message(
-            self.subjects.cluster_status(&st.cluster),
+            (
+                self.subjects.cluster_status(&st.cluster),
+                self.subjects.snapshots_stream(),
+            ),
             headers::cluster_status_msg_id(&st.cluster, st.cycle),
             "proxbalance.v1.ClusterStatus",
             trace,
@@ -325,7 +329,10 @@ impl Publisher {
         let mut status = out.status.clone();
         let histories = out.histories.iter().map(|h| {
             let m = out_message(
-                self.subjects.history(&h.cluster, &h.node),
+                (
+                    self.subjects.history(&h.cluster, &h.node),
+                    self.subjects.history_stream(),
+                ),
                 headers::history_msg_id(&h.cluster, &h.node, h.collected_at_unix_ms),
                 "proxbalance.v1.NodeHistory",
                 &trace,
@@ -338,7 +345,10 @@ impl Publisher {
             .iter()
             .map(|s| {
                 out_message(
-                    self.subjects.snapshot(&s.cluster, &s.node),
+                    (
+                        self.subjects.snapshot(&s.cluster, &s.node),
+                        self.subjects.snapshots_stream(),
+                    ),
                     headers::snapshot_msg_id(&s.cluster, &s.node, s.cycle),
                     "proxbalance.v1.NodeSnapshot",
                     &trace,

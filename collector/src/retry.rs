@@ -81,6 +81,7 @@ mod tests {
             subject: format!("s.{i}"),
             msg_id: format!("id:{i}"),
             message_type: "t",
+            stream: "S".into(),
             traceparent: None,
             content_encoding: None,
             payload: vec![i as u8].into(),

@@ -8,7 +8,9 @@
 //! - async-nats' error kinds are kept ([`PublishError::source`]) and mapped to a
 //!   [`PublishFailure`]: no stream for the subject and a message over the stream's size limit
 //!   are permanent; a missing acknowledgement, a broken connection or another JetStream refusal
-//!   is transient.
+//!   is transient. "No responders" is only taken for a missing stream once JetStream confirms
+//!   that the message's stream does not exist: a replicated stream electing a new leader does
+//!   not answer either, for a moment.
 //! - A subject the server refuses to this user is reported by the server as an error on the
 //!   connection, not as an answer to the publish (whose acknowledgement then never comes). The
 //!   connection made by [`crate::connect_nats`] feeds those errors to its publishers
@@ -104,6 +106,8 @@ pub struct OutMessage {
     pub msg_id: String,
     /// The full protobuf message name (`Proxbalance-Message-Type`).
     pub message_type: &'static str,
+    /// The stream meant to store it (asked whether it exists when no stream answers).
+    pub stream: String,
     /// The W3C trace context, when the message has one.
     pub traceparent: Option<String>,
     /// `Content-Encoding` of the payload (`gzip`), none for plain protobuf.
@@ -169,10 +173,19 @@ pub enum PublishFailure {
         /// The server's `max_payload`.
         max: usize,
     },
-    /// No stream stores the subject (JetStream: no responders). Permanent until an operator
-    /// creates one.
+    /// No stream stores the subject (JetStream: no responders, and the message's stream does
+    /// not exist). Permanent until an operator creates one.
     #[error("no stream stores this subject")]
     NoStream,
+    /// No stream answered although the message's stream exists (or JetStream could not say):
+    /// a replicated stream between leaders. Transient.
+    #[error("no stream answered; stream {stream} {detail}")]
+    NoResponders {
+        /// The message's stream.
+        stream: String,
+        /// What JetStream said about it.
+        detail: String,
+    },
     /// The server refused the subject to this user. Permanent until its permissions change.
     #[error("the server refused the subject to this user (permissions violation)")]
     PermissionDenied,
@@ -207,7 +220,7 @@ impl PublishFailure {
         match self {
             Self::TooLarge { .. } | Self::NoStream | Self::PermissionDenied => true,
             Self::Rejected { code, .. } => *code == ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM.0,
-            Self::Timeout { .. } | Self::Transport { .. } => false,
+            Self::NoResponders { .. } | Self::Timeout { .. } | Self::Transport { .. } => false,
         }
     }
 
@@ -221,6 +234,7 @@ impl PublishFailure {
             Self::NoStream => "no_stream",
             Self::PermissionDenied => "permission",
             Self::Rejected { .. } => "rejected",
+            Self::NoResponders { .. } => "no_responders",
             Self::Timeout { .. } => "timeout",
             Self::Transport { .. } => "transport",
         }
@@ -323,6 +337,30 @@ impl JetStreamPublisher {
         Ok(())
     }
 
+    /// After "no responders": [`PublishFailure::NoStream`] when JetStream says `stream` does
+    /// not exist, [`PublishFailure::NoResponders`] (transient) when it exists or JetStream
+    /// cannot say (a leader election, NATS unavailable).
+    async fn confirm_no_stream(&self, stream: &str) -> PublishFailure {
+        use async_nats::jetstream::context::GetStreamErrorKind;
+        let lookup = tokio::time::timeout(self.ack_timeout, self.js.get_stream(stream)).await;
+        let detail = match lookup {
+            Ok(Err(e)) => match e.kind() {
+                GetStreamErrorKind::JetStream(api)
+                    if api.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    return PublishFailure::NoStream;
+                }
+                _ => format!("could not be looked up: {e}"),
+            },
+            Ok(Ok(_)) => "exists (between leaders?)".to_owned(),
+            Err(_) => "could not be looked up in time".to_owned(),
+        };
+        PublishFailure::NoResponders {
+            stream: stream.to_owned(),
+            detail,
+        }
+    }
+
     /// Publishes `message` and waits for JetStream's acknowledgement (a duplicate the stream
     /// dropped counts as acknowledged).
     pub async fn publish(&self, message: &OutMessage) -> Result<(), PublishError> {
@@ -362,7 +400,10 @@ impl JetStreamPublisher {
             result = tokio::time::timeout(self.ack_timeout, attempt) => match result {
                 Ok(Ok(_ack)) => Ok(()),
                 Ok(Err(e)) => {
-                    let failure = classify(&e, message.wire_size(), self.max_payload(), timeout_ms);
+                    let mut failure = classify(&e, message.wire_size(), self.max_payload(), timeout_ms);
+                    if failure == PublishFailure::NoStream {
+                        failure = self.confirm_no_stream(&message.stream).await;
+                    }
                     Err(fail(failure, Some(e)))
                 }
                 Err(_) => Err(fail(PublishFailure::Timeout { timeout_ms }, None)),
@@ -381,6 +422,7 @@ mod tests {
             subject: "proxbalance.v1.snapshot.prod.pve1".into(),
             msg_id: "snapshot:prod:pve1:1".into(),
             message_type: "proxbalance.v1.NodeSnapshot",
+            stream: "PROXBALANCE_SNAPSHOTS".into(),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             content_encoding: Some("gzip"),
             payload: Bytes::from(vec![7u8; payload]),
@@ -426,6 +468,10 @@ mod tests {
             },
         ];
         let transient = [
+            PublishFailure::NoResponders {
+                stream: "S".into(),
+                detail: "exists (between leaders?)".into(),
+            },
             PublishFailure::Timeout { timeout_ms: 5 },
             PublishFailure::Transport {
                 detail: "broken pipe".into(),
@@ -453,6 +499,7 @@ mod tests {
                 "no_stream",
                 "permission",
                 "too_large",
+                "no_responders",
                 "timeout",
                 "transport",
                 "rejected"

@@ -71,6 +71,7 @@ fn out_message(subjects: &Subjects, event: &Outgoing) -> OutMessage {
         subject,
         msg_id,
         message_type,
+        stream: subjects.events_stream(),
         traceparent: None,
         content_encoding: None,
         payload: payload.into(),

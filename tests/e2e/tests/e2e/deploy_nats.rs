@@ -278,6 +278,11 @@ async fn each_account_gets_exactly_its_rights() {
     // Each publish returns only once the stream acknowledged it.
     let snap = snapshot();
     let message = |subject: String, msg_id: String, message_type, payload: Vec<u8>| OutMessage {
+        stream: if message_type == "proxbalance.v1.NodeHistory" {
+            subjects.history_stream()
+        } else {
+            subjects.snapshots_stream()
+        },
         subject,
         msg_id,
         message_type,
