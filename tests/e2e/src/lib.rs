@@ -22,7 +22,7 @@ pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
         std::sync::OnceLock::new();
     HANDLE.get_or_init(|| {
-        proxbalance_runtime::prometheus_builder()
+        proxbalance_runtime::prometheus_builder(None)
             .install_recorder()
             .expect("metrics recorder")
     })

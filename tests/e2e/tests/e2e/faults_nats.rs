@@ -247,7 +247,11 @@ async fn names_that_read_like_message_kinds_keep_ids_of_their_own() {
         .get_last_raw_message_by_subject(&subjects.cluster_status(cluster))
         .await
         .expect("the cluster status is stored");
-    let status = proxbalance_proto::codec::decode_cluster_status(&stored.payload).expect("status");
+    let status = proxbalance_proto::codec::decode_cluster_status(&proxbalance_e2e::payload_of(
+        Some(&stored.headers),
+        &stored.payload,
+    ))
+    .expect("status");
     assert_eq!(status.cycle, driver.last_cycle);
     let changed = until_cycle(&mut watch, driver.last_cycle).await;
     assert_eq!(changed.cycle, driver.last_cycle);
