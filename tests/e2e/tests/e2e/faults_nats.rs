@@ -27,6 +27,8 @@ async fn messages_the_server_can_never_store_are_dropped_and_the_cluster_goes_on
     use proxbalance_collector::retry::RetryBuffer;
     use proxbalance_proto::subjects::Subjects;
     support::log();
+    // The process's recorder: this test reads only its own cluster's (`big`) series from it, so
+    // the other areas' tests running beside it in this binary cannot change what it asserts.
     let prometheus = proxbalance_e2e::prometheus();
     let dir = tempfile::tempdir().expect("temp dir");
     let secret = |name: &str, value: &str| {
