@@ -45,7 +45,9 @@ pub fn install_crypto_provider() {
 /// Connects to NATS with the configured options. The URL in an error has its user-info
 /// redacted; a setting that cannot be used (an unreadable password file, a bad seed) is a
 /// configuration error naming its key.
-pub async fn connect_nats(config: &Config) -> Result<async_nats::Client, RunError> {
+pub async fn connect_nats(
+    config: &Config,
+) -> Result<proxbalance_runtime::NatsConnection, RunError> {
     use proxbalance_runtime::RuntimeError;
     proxbalance_runtime::connect_nats(&config.nats.connection(), "proxbalance-collector")
         .await
@@ -75,9 +77,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             field: "nats.subject_prefix".into(),
             detail: e.to_string(),
         })?;
-    let nats = connect_nats(&config).await?;
+    let connection = connect_nats(&config).await?;
+    let nats = connection.client.clone();
     let publisher = Publisher::new(
-        nats.clone(),
+        connection,
         subjects,
         &config.nats.stream_limits(),
         Duration::from_millis(config.nats.publish_timeout_ms),
@@ -181,6 +184,7 @@ pub async fn cluster_loop(
             retried = report.retried,
             buffered = report.buffered,
             dropped = report.dropped,
+            refused = report.refused,
             elapsed_ms = elapsed.as_millis() as u64,
             "cycle done"
         );

@@ -123,9 +123,11 @@ pub struct ClusterConfig {
     /// PEM file of the CA that signed the nodes' certificates (`pve-root-ca.pem`).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Pinned SHA-256 fingerprint of the API certificate.
-    #[serde(default)]
-    pub fingerprint: Option<String>,
+    /// Pinned SHA-256 fingerprints of the API certificates: one (`fingerprint = "AB:…"`) or a
+    /// list (`fingerprint = ["AB:…", "CD:…"]`, one per endpoint: each PVE node has its own
+    /// certificate). The certificate of whichever endpoint answers must be one of them.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub fingerprint: Vec<String>,
     /// Accept any certificate (labs only; logged as a warning).
     #[serde(default)]
     pub insecure_skip_verify: bool,
@@ -156,6 +158,31 @@ pub struct ClusterConfig {
     /// Use `/cluster/metrics/export` on PVE ≥ 8.2.5.
     #[serde(default = "defaults::yes")]
     pub use_metrics_export: bool,
+}
+
+/// `fingerprint`: one string, or a list of them.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a SHA-256 fingerprint or a list of them")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(vec![v.to_owned()])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = seq.next_element::<String>()? {
+                out.push(v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Visitor)
 }
 
 mod defaults {
@@ -198,7 +225,7 @@ impl ClusterConfig {
             token_secret_file: None,
             token_secret_env: None,
             ca_file: None,
-            fingerprint: None,
+            fingerprint: Vec::new(),
             insecure_skip_verify: false,
             interval_s: defaults::interval_s(),
             request_timeout_ms: defaults::request_timeout_ms(),
@@ -214,10 +241,16 @@ impl ClusterConfig {
 
     /// The TLS mode: exactly one of `ca_file`, `fingerprint`, `insecure_skip_verify`.
     pub fn tls(&self) -> Result<TlsVerification, PveError> {
-        match (&self.ca_file, &self.fingerprint, self.insecure_skip_verify) {
-            (Some(ca), None, false) => Ok(TlsVerification::CaFile(ca.clone())),
-            (None, Some(fp), false) => Ok(TlsVerification::Fingerprint(parse_fingerprint(fp)?)),
-            (None, None, true) => Ok(TlsVerification::InsecureSkipVerify),
+        let pinned = !self.fingerprint.is_empty();
+        match (&self.ca_file, pinned, self.insecure_skip_verify) {
+            (Some(ca), false, false) => Ok(TlsVerification::CaFile(ca.clone())),
+            (None, true, false) => Ok(TlsVerification::Fingerprints(
+                self.fingerprint
+                    .iter()
+                    .map(|fp| parse_fingerprint(fp))
+                    .collect::<Result<_, _>>()?,
+            )),
+            (None, false, true) => Ok(TlsVerification::InsecureSkipVerify),
             _ => Err(PveError::Config {
                 field: "tls".into(),
                 detail:
@@ -378,7 +411,51 @@ fingerprint = "80:D4:F2:DF:64:95:CD:8D:A0:82:82:AC:48:BA:C0:7A:1B:6B:87:8B:FE:B9
         let c = &cfg.clusters[0];
         assert_eq!(c.interval_s, 30.0);
         assert_eq!(c.guest_config_ttl_s, 600);
-        assert!(matches!(c.tls().unwrap(), TlsVerification::Fingerprint(fp) if fp[0] == 0x80));
+        assert!(
+            matches!(c.tls().unwrap(), TlsVerification::Fingerprints(fps) if fps.len() == 1 && fps[0][0] == 0x80)
+        );
+    }
+
+    #[test]
+    fn one_fingerprint_per_endpoint() {
+        let fp = |b: u8| {
+            format!("{b:02X}:")
+                .repeat(32)
+                .trim_end_matches(':')
+                .to_owned()
+        };
+        let text = MINIMAL
+            .lines()
+            .filter(|l| !l.starts_with("fingerprint"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg = Config::from_toml(&format!(
+            "{text}\nfingerprint = [{:?}, {:?}]\n",
+            fp(0x11),
+            fp(0x22)
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.clusters[0].tls().unwrap(),
+            TlsVerification::Fingerprints(vec![[0x11; 32], [0x22; 32]])
+        );
+        let err = Config::from_toml(&format!(
+            "{text}\nfingerprint = [{:?}, \"nope\"]\n",
+            fp(0x11)
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("configuration, clusters[0]: PVE client configuration, tls.fingerprint: expected a SHA-256 fingerprint"),
+            "{err}"
+        );
+        let err = Config::from_toml(&format!("{text}\nfingerprint = 7\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a SHA-256 fingerprint or a list of them"),
+            "{err}"
+        );
     }
 
     #[test]

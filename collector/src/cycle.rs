@@ -442,6 +442,15 @@ impl ClusterCollector {
         }
     }
 
+    /// Guest rates from the cumulative counters of `/cluster/resources` (no metrics export).
+    ///
+    /// pvestatd refreshes a guest's counters every 10 s, in one cache entry with its `uptime`,
+    /// whatever the collector's interval: the collector's own clock would divide 10 s of I/O
+    /// by 5 s and then none by the next 5 s (rates alternating 2× and 0 at a 5 s interval, ±33 %
+    /// at 15 s). The uptime is the counters' own clock: its difference is exactly the time the
+    /// counters' difference accrued over, and an unchanged uptime marks an unchanged sample
+    /// (its rate is kept). It falls back when the guest restarts (uptime and counters start over:
+    /// no rate for that cycle). Without an uptime, the collector's clock is used.
     fn rates_from_resources(
         &mut self,
         resources: &[ClusterResource],
@@ -453,11 +462,14 @@ impl ClusterCollector {
             if !matches!(r.kind.as_deref(), Some("qemu" | "lxc")) {
                 continue;
             }
+            let sampled_ms = r.uptime.map_or(now_ms, |u| {
+                i64::try_from(u.saturating_mul(1000)).unwrap_or(i64::MAX)
+            });
             let counters = [r.diskread, r.diskwrite, r.netin, r.netout];
             let mut out = GuestRates::default();
             for (idx, v) in counters.iter().enumerate() {
                 let Some(v) = v else { continue };
-                if let Some(rate) = self.rates.observe(vmid, idx as u8, *v as f64, now_ms) {
+                if let Some(rate) = self.rates.observe(vmid, idx as u8, *v as f64, sampled_ms) {
                     match idx {
                         0 => out.disk_read = rate,
                         1 => out.disk_write = rate,

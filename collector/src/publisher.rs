@@ -1,15 +1,22 @@
 //! Publishing to NATS JetStream: streams created if missing, every publish acknowledged within
-//! a timeout, `Nats-Msg-Id` for de-duplication and a W3C `traceparent` header.
+//! a timeout, `Nats-Msg-Id` for de-duplication and a W3C `traceparent` header, payloads of
+//! 1 KiB and more gzipped. Publishing itself is the shared path of
+//! [`proxbalance_runtime::publish`]: a message that can never be stored (larger than the
+//! server's `max_payload`, no stream, refused subject) is dropped and counted, never retried,
+//! so it cannot hold up the cluster's later messages.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::stream;
 use proxbalance_proto::headers;
 use proxbalance_proto::subjects::Subjects;
+use proxbalance_proto::v1::ClusterStatus;
+use proxbalance_runtime::{JetStreamPublisher, NatsConnection, OutMessage};
 
 use crate::cycle::CycleOutput;
-use crate::retry::{PendingMessage, RetryBuffer};
+use crate::retry::RetryBuffer;
 
 /// Limits of the streams the collector creates when they do not exist.
 #[derive(Debug, Clone)]
@@ -40,7 +47,7 @@ impl Default for StreamLimits {
     }
 }
 
-/// Why a publish or the stream set-up failed.
+/// Why the stream set-up failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// A stream could not be looked up or created.
@@ -50,22 +57,6 @@ pub enum PublishError {
         stream: String,
         /// The server's answer.
         detail: String,
-    },
-    /// The message could not be sent.
-    #[error("publish to {subject}: {detail}")]
-    Send {
-        /// Subject of the message.
-        subject: String,
-        /// The client's error.
-        detail: String,
-    },
-    /// No acknowledgement within the timeout.
-    #[error("publish to {subject}: no acknowledgement within {timeout_ms} ms")]
-    AckTimeout {
-        /// Subject of the message.
-        subject: String,
-        /// The configured timeout.
-        timeout_ms: u64,
     },
 }
 
@@ -81,6 +72,9 @@ pub struct PublishReport {
     pub retried: usize,
     /// Messages the retry buffer dropped in this cycle (the oldest, beyond its bound).
     pub dropped: usize,
+    /// Messages (of this cycle or from the buffer) dropped because they can never be stored:
+    /// larger than the server's `max_payload`, no stream for the subject, subject refused.
+    pub refused: usize,
     /// Messages waiting in the retry buffer after this cycle.
     pub buffered: usize,
 }
@@ -88,10 +82,14 @@ pub struct PublishReport {
 /// Publishes the collector's messages.
 #[derive(Debug, Clone)]
 pub struct Publisher {
-    js: jetstream::Context,
+    inner: JetStreamPublisher,
     subjects: Subjects,
-    ack_timeout: Duration,
+    /// The refusals already logged as warnings.
+    warned: Arc<Mutex<BTreeSet<RefusalKind>>>,
 }
+
+/// `(cluster, message type, reason)` of a refused message: what "log once" is once per.
+type RefusalKind = (String, &'static str, &'static str);
 
 /// A fresh W3C traceparent with a random trace id and span id.
 pub fn new_traceparent() -> String {
@@ -110,19 +108,42 @@ pub fn new_traceparent() -> String {
     format!("00-{}-{}-01", hex(&bytes[..16]), hex(&bytes[16..]))
 }
 
+/// `message` encoded as it travels: protobuf, gzipped from 1 KiB on
+/// ([`proxbalance_proto::codec::compress`]).
+fn out_message<M: prost::Message>(
+    (subject, stream): (String, String),
+    msg_id: String,
+    message_type: &'static str,
+    traceparent: &str,
+    message: &M,
+) -> OutMessage {
+    let (payload, content_encoding) =
+        proxbalance_proto::codec::compress(proxbalance_proto::encode(message));
+    OutMessage {
+        subject,
+        msg_id,
+        message_type,
+        stream,
+        traceparent: Some(traceparent.to_owned()),
+        content_encoding,
+        payload: payload.into(),
+    }
+}
+
 impl Publisher {
     /// Creates the publisher and makes sure the snapshot and history streams exist.
+    /// `connection` is best the one [`proxbalance_runtime::connect_nats`] made (it reports
+    /// refused subjects at once); a bare client works too.
     pub async fn new(
-        client: async_nats::Client,
+        connection: impl Into<NatsConnection>,
         subjects: Subjects,
         limits: &StreamLimits,
         ack_timeout: Duration,
     ) -> Result<Self, PublishError> {
-        let js = jetstream::new(client);
         let publisher = Self {
-            js,
+            inner: JetStreamPublisher::new(connection, ack_timeout),
             subjects,
-            ack_timeout,
+            warned: Arc::default(),
         };
         publisher.ensure_streams(limits).await?;
         Ok(publisher)
@@ -161,7 +182,8 @@ impl Publisher {
         };
         for cfg in [snapshots, history] {
             let name = cfg.name.clone();
-            self.js
+            self.inner
+                .jetstream()
                 .get_or_create_stream(cfg)
                 .await
                 .map_err(|e| PublishError::Stream {
@@ -175,56 +197,9 @@ impl Publisher {
     /// Publishes one message and waits for its acknowledgement.
     pub async fn publish(
         &self,
-        subject: String,
-        msg_id: String,
-        message_type: &str,
-        traceparent: &str,
-        payload: Vec<u8>,
-    ) -> Result<(), PublishError> {
-        let mut h = HeaderMap::new();
-        h.insert(headers::MSG_ID, msg_id.as_str());
-        h.insert(headers::TRACEPARENT, traceparent);
-        h.insert(headers::CONTENT_TYPE, headers::CONTENT_TYPE_PROTOBUF);
-        h.insert(
-            headers::SCHEMA_VERSION,
-            proxbalance_proto::SCHEMA_VERSION.to_string().as_str(),
-        );
-        h.insert(headers::MESSAGE_TYPE, message_type);
-        let timeout_ms = u64::try_from(self.ack_timeout.as_millis()).unwrap_or(u64::MAX);
-        let attempt = async {
-            let ack = self
-                .js
-                .publish_with_headers(subject.clone(), h, payload.into())
-                .await
-                .map_err(|e| PublishError::Send {
-                    subject: subject.clone(),
-                    detail: e.to_string(),
-                })?;
-            ack.await.map_err(|e| PublishError::Send {
-                subject: subject.clone(),
-                detail: e.to_string(),
-            })
-        };
-        match tokio::time::timeout(self.ack_timeout, attempt).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(PublishError::AckTimeout {
-                subject,
-                timeout_ms,
-            }),
-        }
-    }
-
-    /// Publishes a message kept by the retry buffer, with its original id and headers.
-    pub async fn publish_pending(&self, m: &PendingMessage) -> Result<(), PublishError> {
-        self.publish(
-            m.subject.clone(),
-            m.msg_id.clone(),
-            m.message_type,
-            &m.traceparent,
-            m.payload.clone(),
-        )
-        .await
+        message: &OutMessage,
+    ) -> Result<(), proxbalance_runtime::PublishError> {
+        self.inner.publish(message).await
     }
 
     /// Publishes every message of a cycle: histories, snapshots, then the cluster status
@@ -235,50 +210,88 @@ impl Publisher {
             .await
     }
 
-    /// The messages of a cycle in publishing order: histories, snapshots, the cluster status.
-    pub fn cycle_messages(&self, out: &CycleOutput) -> Vec<PendingMessage> {
-        // The current span's context when traces are recorded (so the recommender's spans join
-        // the collector's trace), else a fresh random one: every message carries a traceparent.
-        let trace =
-            proxbalance_runtime::telemetry::current_traceparent().unwrap_or_else(new_traceparent);
-        let mut messages = Vec::with_capacity(out.histories.len() + out.snapshots.len() + 1);
-        for h in &out.histories {
-            messages.push(PendingMessage {
-                subject: self.subjects.history(&h.cluster, &h.node),
-                msg_id: headers::history_msg_id(&h.cluster, &h.node, h.collected_at_unix_ms),
-                message_type: "proxbalance.v1.NodeHistory",
-                traceparent: trace.clone(),
-                payload: proxbalance_proto::encode(h),
-            });
+    /// The status message of a cycle.
+    fn status_message(&self, st: &ClusterStatus, trace: &str) -> OutMessage {
+        out_message(
+            (
+                self.subjects.cluster_status(&st.cluster),
+                self.subjects.snapshots_stream(),
+            ),
+            headers::cluster_status_msg_id(&st.cluster, st.cycle),
+            "proxbalance.v1.ClusterStatus",
+            trace,
+            st,
+        )
+    }
+
+    /// Counts a message that can never be stored, and logs it: a warning the first time for
+    /// its cluster, message type and reason, then at debug level (the counter keeps counting).
+    fn refused(
+        &self,
+        cluster: &str,
+        message: &OutMessage,
+        error: &proxbalance_runtime::PublishError,
+    ) {
+        let reason = error.failure.label();
+        metrics::counter!(
+            "proxbalance_collector_publish_refused_total",
+            "cluster" => cluster.to_owned(),
+            "message" => message.message_type,
+            "reason" => reason
+        )
+        .increment(1);
+        let first = self
+            .warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((cluster.to_owned(), message.message_type, reason));
+        if first {
+            tracing::warn!(cluster, message_type = message.message_type, reason, error = %error, "message can never be stored; dropped (further ones of this kind are logged at debug level and counted in proxbalance_collector_publish_refused_total)");
+        } else {
+            tracing::debug!(cluster, message_type = message.message_type, reason, error = %error, "message can never be stored; dropped");
         }
-        for s in &out.snapshots {
-            messages.push(PendingMessage {
-                subject: self.subjects.snapshot(&s.cluster, &s.node),
-                msg_id: headers::snapshot_msg_id(&s.cluster, &s.node, s.cycle),
-                message_type: "proxbalance.v1.NodeSnapshot",
-                traceparent: trace.clone(),
-                payload: proxbalance_proto::encode(s),
-            });
+    }
+
+    /// Books the outcome of publishing one of this cycle's messages: acknowledged, refused for
+    /// good (dropped and counted, see [`Publisher::refused`]) or failed (kept in `failed` for the
+    /// retry buffer). Returns whether it was refused.
+    fn settle(
+        &self,
+        cluster: &str,
+        message: OutMessage,
+        result: Result<(), proxbalance_runtime::PublishError>,
+        report: &mut PublishReport,
+        failed: &mut Vec<OutMessage>,
+    ) -> bool {
+        match result {
+            Ok(()) => report.published += 1,
+            Err(e) if e.is_permanent() => {
+                self.refused(cluster, &message, &e);
+                report.refused += 1;
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(cluster, error = %e, "publish failed");
+                failed.push(message);
+            }
         }
-        let st = &out.status;
-        messages.push(PendingMessage {
-            subject: self.subjects.cluster_status(&st.cluster),
-            msg_id: headers::cluster_status_msg_id(&st.cluster, st.cycle),
-            message_type: "proxbalance.v1.ClusterStatus",
-            traceparent: trace,
-            payload: proxbalance_proto::encode(st),
-        });
-        messages
+        false
     }
 
     /// Publishes what `buffer` holds from earlier cycles, in order, then this cycle's
     /// messages (histories one by one, snapshots concurrently, the status last).
     ///
-    /// - While a retried message still fails, the rest of the buffer and the whole cycle go to
-    ///   the buffer unsent: the order of messages is kept and a NATS outage costs one
-    ///   acknowledgement timeout per cycle, not one per message.
-    /// - When one of this cycle's histories or snapshots fails, the cluster status is not
-    ///   sent either but buffered behind it, so a status is never stored before its snapshots.
+    /// - A message that can never be stored (larger than the server's `max_payload`, no stream,
+    ///   subject refused) is dropped and counted in
+    ///   `proxbalance_collector_publish_refused_total{cluster,message,reason}`, whether new or
+    ///   from the buffer: it holds up nothing. A refused history is taken off the status's
+    ///   `histories`, so the recommender does not wait for it.
+    /// - While a retried message still fails otherwise, the rest of the buffer and the whole
+    ///   cycle go to the buffer unsent: the order of messages is kept and a NATS outage costs
+    ///   one acknowledgement timeout per cycle, not one per message.
+    /// - When one of this cycle's histories or snapshots fails (not refused), the cluster
+    ///   status is not sent either but buffered behind it, so a status is never stored before
+    ///   its snapshots.
     /// - Messages beyond the buffer's capacity are dropped, oldest first, and counted in
     ///   `proxbalance_collector_retry_dropped_total{cluster}`.
     pub async fn publish_cycle_buffered(
@@ -291,9 +304,14 @@ impl Publisher {
         let mut nats_failing = false;
         for m in buffer.take() {
             if !nats_failing {
-                match self.publish_pending(&m).await {
+                match self.inner.publish(&m).await {
                     Ok(()) => {
                         report.retried += 1;
+                        continue;
+                    }
+                    Err(e) if e.is_permanent() => {
+                        self.refused(&cluster, &m, &e);
+                        report.refused += 1;
                         continue;
                     }
                     Err(e) => {
@@ -304,47 +322,63 @@ impl Publisher {
             }
             report.dropped += buffer.push(m);
         }
-        let mut messages = self.cycle_messages(out);
-        let status = messages.pop();
+        // The current span's context when traces are recorded (so the recommender's spans join
+        // the collector's trace), else a fresh random one: every message carries a traceparent.
+        let trace =
+            proxbalance_runtime::telemetry::current_traceparent().unwrap_or_else(new_traceparent);
+        let mut status = out.status.clone();
+        let histories = out.histories.iter().map(|h| {
+            let m = out_message(
+                (
+                    self.subjects.history(&h.cluster, &h.node),
+                    self.subjects.history_stream(),
+                ),
+                headers::history_msg_id(&h.cluster, &h.node, h.collected_at_unix_ms),
+                "proxbalance.v1.NodeHistory",
+                &trace,
+                h,
+            );
+            (h.node.as_str(), m)
+        });
+        let snapshots: Vec<OutMessage> = out
+            .snapshots
+            .iter()
+            .map(|s| {
+                out_message(
+                    (
+                        self.subjects.snapshot(&s.cluster, &s.node),
+                        self.subjects.snapshots_stream(),
+                    ),
+                    headers::snapshot_msg_id(&s.cluster, &s.node, s.cycle),
+                    "proxbalance.v1.NodeSnapshot",
+                    &trace,
+                    s,
+                )
+            })
+            .collect();
         let mut failed = Vec::new();
         if nats_failing {
-            failed = messages;
+            failed.extend(histories.map(|(_, m)| m));
+            failed.extend(snapshots);
         } else {
-            let histories = out.histories.len();
-            let snapshots = messages.split_off(histories);
-            for m in messages {
-                match self.publish_pending(&m).await {
-                    Ok(()) => report.published += 1,
-                    Err(e) => {
-                        tracing::warn!(cluster = %cluster, error = %e, "publish failed");
-                        failed.push(m);
-                    }
+            for (node, m) in histories {
+                let result = self.inner.publish(&m).await;
+                if self.settle(&cluster, m, result, &mut report, &mut failed) {
+                    status.histories.retain(|n| n != node);
                 }
             }
-            let sends = snapshots.iter().map(|m| self.publish_pending(m));
+            let sends = snapshots.iter().map(|m| self.inner.publish(m));
             let results = futures_util::future::join_all(sends).await;
-            for (m, r) in snapshots.into_iter().zip(results) {
-                match r {
-                    Ok(()) => report.published += 1,
-                    Err(e) => {
-                        tracing::warn!(cluster = %cluster, error = %e, "publish failed");
-                        failed.push(m);
-                    }
-                }
+            for (m, result) in snapshots.into_iter().zip(results) {
+                self.settle(&cluster, m, result, &mut report, &mut failed);
             }
         }
-        if let Some(status) = status {
-            if failed.is_empty() && !nats_failing {
-                match self.publish_pending(&status).await {
-                    Ok(()) => report.published += 1,
-                    Err(e) => {
-                        tracing::warn!(cluster = %cluster, error = %e, "publish failed");
-                        failed.push(status);
-                    }
-                }
-            } else {
-                failed.push(status);
-            }
+        let status = self.status_message(&status, &trace);
+        if failed.is_empty() && !nats_failing {
+            let result = self.inner.publish(&status).await;
+            self.settle(&cluster, status, result, &mut report, &mut failed);
+        } else {
+            failed.push(status);
         }
         report.failed = failed.len();
         for m in failed {

@@ -8,20 +8,8 @@
 
 use std::collections::VecDeque;
 
-/// One message as it was first published.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingMessage {
-    /// The subject.
-    pub subject: String,
-    /// The de-duplication id (`Nats-Msg-Id`), unchanged on every retry.
-    pub msg_id: String,
-    /// The `Proxbalance-Message-Type` header.
-    pub message_type: &'static str,
-    /// The trace context of the cycle that produced the message.
-    pub traceparent: String,
-    /// The encoded payload.
-    pub payload: Vec<u8>,
-}
+/// One message as it was first published (its id and headers are kept for the retries).
+pub type PendingMessage = proxbalance_runtime::OutMessage;
 
 /// Failed messages waiting for the next cycle (see the module documentation).
 #[derive(Debug, Clone, Default)]
@@ -93,8 +81,10 @@ mod tests {
             subject: format!("s.{i}"),
             msg_id: format!("id:{i}"),
             message_type: "t",
-            traceparent: String::new(),
-            payload: vec![i as u8],
+            stream: "S".into(),
+            traceparent: None,
+            content_encoding: None,
+            payload: vec![i as u8].into(),
         }
     }
 

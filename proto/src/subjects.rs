@@ -173,6 +173,19 @@ pub enum Subject {
     },
 }
 
+/// Whether `prefix` is one or more dot-separated non-empty tokens without wildcards (`*`,
+/// `>`), whitespace or control characters: a literal start of subjects (a subject prefix, an
+/// inbox prefix).
+pub fn is_literal_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix.split('.').all(|t| {
+            !t.is_empty()
+                && !t
+                    .chars()
+                    .any(|c| matches!(c, '*' | '>') || c.is_whitespace() || c.is_control())
+        })
+}
+
 /// Builds and parses the subjects of one deployment (one prefix).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subjects {
@@ -190,14 +203,7 @@ impl Default for Subjects {
 impl Subjects {
     /// Subjects under `prefix` (one or more dot-separated tokens, e.g. `proxbalance` or `lab.pb`).
     pub fn new(prefix: &str) -> Result<Self, SubjectError> {
-        let valid = !prefix.is_empty()
-            && prefix.split('.').all(|t| {
-                !t.is_empty()
-                    && !t
-                        .chars()
-                        .any(|c| matches!(c, '*' | '>') || c.is_whitespace() || c.is_control())
-            });
-        if valid {
+        if is_literal_prefix(prefix) {
             Ok(Self {
                 prefix: prefix.to_owned(),
             })

@@ -2,7 +2,10 @@
 //! recommender behave alike:
 //!
 //! - [`NatsSettings`] and [`connect_nats`]: the NATS connection (URL, timeout, user/password,
-//!   nkey or credentials file, TLS); secrets come from files or the environment ([`secret`]);
+//!   nkey or credentials file, TLS, the service's own inbox prefix); secrets come from files or
+//!   the environment ([`secret`]);
+//! - [`publish`]: the one JetStream publish path, with permanent and transient failures told
+//!   apart;
 //! - [`load_config`]: a TOML file with environment overrides, unknown keys refused;
 //! - [`init_logging`]: `tracing` to stderr, text or JSON, filtered by `RUST_LOG`;
 //! - [`start_metrics_exporter`]: the Prometheus `/metrics` listener;
@@ -22,7 +25,12 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 mod env_lists;
+pub mod publish;
 pub mod secret;
+
+pub use publish::{
+    JetStreamPublisher, NatsConnection, OutMessage, PublishError, PublishFailure, Refusals,
+};
 
 pub use secret::{Secret, SecretError, redact_url};
 
@@ -103,6 +111,11 @@ macro_rules! nats_table {
             pub tls_key_file: Option<std::path::PathBuf>,
             /// Refuse to talk to a server without TLS even when no CA file is given.
             pub tls_required: bool,
+            /// Prefix of this service's reply subjects (JetStream acknowledgements, API
+            /// replies, consumer deliveries); none: `_INBOX_<service>` (see
+            /// [`inbox_prefix`]($crate::inbox_prefix)). The server's permissions let each
+            /// service subscribe to its own prefix only.
+            pub inbox_prefix: Option<String>,
             $( $(#[$fmeta])* pub $field: $ty, )*
         }
 
@@ -120,6 +133,7 @@ macro_rules! nats_table {
                     tls_cert_file: None,
                     tls_key_file: None,
                     tls_required: false,
+                    inbox_prefix: None,
                     $( $field: $default, )*
                 }
             }
@@ -140,6 +154,7 @@ macro_rules! nats_table {
                     tls_cert_file: self.tls_cert_file.clone(),
                     tls_key_file: self.tls_key_file.clone(),
                     tls_required: self.tls_required,
+                    inbox_prefix: self.inbox_prefix.clone(),
                 }
             }
         }
@@ -220,6 +235,14 @@ impl NatsSettings {
             }
             _ => {}
         }
+        if let Some(prefix) = &self.inbox_prefix
+            && !proxbalance_proto::subjects::is_literal_prefix(prefix)
+        {
+            return Err(invalid(
+                "inbox_prefix",
+                "expected dot-separated non-empty tokens without `*`, `>` or whitespace",
+            ));
+        }
         Ok(())
     }
 
@@ -229,9 +252,24 @@ impl NatsSettings {
     }
 }
 
-/// Builds the connect options of `settings` (login, TLS, timeout, name), reading the password
-/// or seed from its file or environment variable. The tests use it to connect exactly as a
-/// service does.
+/// The inbox prefix a service named `client_name` uses: `nats.inbox_prefix` when set, else
+/// `_INBOX_` followed by the name without its `proxbalance-` start (`_INBOX_collector`,
+/// `_INBOX_recommender`). With a prefix of its own per service, the server's permissions can
+/// let each read only its own replies (`deploy/nats-server.conf`).
+pub fn inbox_prefix(settings: &NatsSettings, client_name: &str) -> String {
+    settings.inbox_prefix.clone().unwrap_or_else(|| {
+        format!(
+            "_INBOX_{}",
+            client_name
+                .strip_prefix("proxbalance-")
+                .unwrap_or(client_name)
+        )
+    })
+}
+
+/// Builds the connect options of `settings` (login, TLS, timeout, name, inbox prefix), reading
+/// the password or seed from its file or environment variable. The tests use it to connect
+/// exactly as a service does.
 pub async fn nats_connect_options(
     settings: &NatsSettings,
     client_name: &str,
@@ -293,16 +331,30 @@ pub async fn nats_connect_options(
     }
     Ok(opts
         .name(client_name)
+        .custom_inbox_prefix(inbox_prefix(settings, client_name))
         .connection_timeout(Duration::from_millis(settings.connect_timeout_ms.max(1))))
 }
 
 /// Connects to NATS as `client_name` with the given settings. The client reconnects on its own
-/// after the first connection succeeds. Errors carry the redacted URL and never a secret.
+/// after the first connection succeeds; the server's refusals of publishes are fed to the
+/// connection's [`Refusals`] (see [`publish`]). Errors carry the redacted URL and never a secret.
 pub async fn connect_nats(
     settings: &NatsSettings,
     client_name: &str,
-) -> Result<async_nats::Client, RuntimeError> {
-    let opts = nats_connect_options(settings, client_name).await?;
+) -> Result<NatsConnection, RuntimeError> {
+    let refusals = Refusals::default();
+    let feed = refusals.clone();
+    let opts = nats_connect_options(settings, client_name)
+        .await?
+        .event_callback(move |event| {
+            let feed = feed.clone();
+            // async-nats logs every event itself.
+            async move {
+                if let async_nats::Event::ServerError(e) = &event {
+                    feed.observe(e);
+                }
+            }
+        });
     // `url` may list several servers, comma-separated (a cluster): the client needs more than
     // the one it first reaches to survive that one's loss, since the servers it learns from
     // the cluster's gossip depend on timing.
@@ -315,12 +367,14 @@ pub async fn connect_nats(
             url: settings.redacted_url(),
             detail: redact_url(&e.to_string()),
         })?;
-    opts.connect(servers)
+    let client = opts
+        .connect(servers)
         .await
         .map_err(|e| RuntimeError::Connect {
             url: settings.redacted_url(),
             detail: redact_url(&e.to_string()),
-        })
+        })?;
+    Ok(NatsConnection::new(client, refusals))
 }
 
 /// Loads a configuration: the TOML file (if given), then environment variables named
@@ -377,6 +431,14 @@ pub fn init_logging(json: bool) {
     };
 }
 
+/// Upper bounds (seconds) of the buckets of every duration histogram (every metric whose name
+/// ends in `_seconds` and is recorded with `histogram!`): 1 ms to 60 s, about ×2.5 apart. They
+/// cover a gRPC call served from the cache (about 1 ms), a recomputation (ms to s) and a
+/// collection cycle (tenths of a second to tens of seconds).
+pub const DURATION_BUCKETS_SECONDS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 /// Starts the Prometheus exporter on `listen` (`host:port`) and installs it as the global
 /// metrics recorder; series idle for `idle_timeout` are dropped (see [`prometheus_builder`]).
 /// `None` starts nothing.
@@ -398,13 +460,26 @@ pub fn start_metrics_exporter(
     Ok(Some(addr))
 }
 
-/// The exporter's builder. With `idle_timeout`, a series not updated for that long leaves the
-/// scrape output (until it is updated again): the labels of a cluster or node that
-/// disappeared do not stay forever.
-fn prometheus_builder(
+/// The exporter's builder.
+///
+/// - Durations are Prometheus histograms with [`DURATION_BUCKETS_SECONDS`] (`NAME_bucket{le=…}`,
+///   `NAME_sum`, `NAME_count`), not summaries: a summary's quantiles cannot be aggregated
+///   across replicas or clusters, a histogram's buckets can
+///   (`histogram_quantile(0.99, sum by (le) (rate(NAME_bucket[5m])))`).
+/// - With `idle_timeout`, a series not updated for that long leaves the scrape output (until
+///   it is updated again): the labels of a cluster or node that disappeared do not stay
+///   forever.
+pub fn prometheus_builder(
     idle_timeout: Option<Duration>,
 ) -> metrics_exporter_prometheus::PrometheusBuilder {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
+    let with_buckets = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &DURATION_BUCKETS_SECONDS,
+        );
+    // Only an empty list is refused, and the list is a non-empty constant.
+    with_buckets
+        .unwrap_or_else(|_| metrics_exporter_prometheus::PrometheusBuilder::new())
         .idle_timeout(metrics_util::MetricKindMask::ALL, idle_timeout)
 }
 
@@ -478,6 +553,43 @@ mod tests {
     }
 
     #[test]
+    fn durations_are_histograms_with_the_documented_buckets() {
+        let recorder = prometheus_builder(None).build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::histogram!("unit_test_duration_seconds", "cluster" => "a").record(0.003);
+            metrics::histogram!("unit_test_duration_seconds", "cluster" => "a").record(7.0);
+        });
+        let text = handle.render();
+        assert!(!text.contains("quantile="), "{text}");
+        assert!(
+            text.contains("# TYPE unit_test_duration_seconds histogram"),
+            "{text}"
+        );
+        let bucket = |le: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("unit_test_duration_seconds_bucket")
+                        && l.contains(&format!("le=\"{le}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        for le in DURATION_BUCKETS_SECONDS {
+            assert!(bucket(&le.to_string()).is_some(), "le={le}: {text}");
+        }
+        assert_eq!(bucket("0.0025").as_deref(), Some("0"));
+        assert_eq!(bucket("0.005").as_deref(), Some("1"));
+        assert_eq!(bucket("5").as_deref(), Some("1"));
+        assert_eq!(bucket("10").as_deref(), Some("2"));
+        assert_eq!(bucket("+Inf").as_deref(), Some("2"));
+        assert!(
+            text.contains("unit_test_duration_seconds_count{cluster=\"a\"} 2"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn metrics_listen_must_be_an_address() {
         let err = start_metrics_exporter(Some("nope"), None).unwrap_err();
         assert_eq!(
@@ -499,6 +611,42 @@ mod tests {
             err.starts_with("cannot connect to NATS at nats://127.0.0.1:1:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn each_service_has_an_inbox_prefix_of_its_own() {
+        let base = NatsSettings::default();
+        assert_eq!(
+            inbox_prefix(&base, "proxbalance-collector"),
+            "_INBOX_collector"
+        );
+        assert_eq!(
+            inbox_prefix(&base, "proxbalance-recommender"),
+            "_INBOX_recommender"
+        );
+        let custom = NatsSettings {
+            inbox_prefix: Some("_INBOX_lab.collector".into()),
+            ..base.clone()
+        };
+        assert!(custom.validate().is_ok());
+        assert_eq!(
+            inbox_prefix(&custom, "proxbalance-collector"),
+            "_INBOX_lab.collector"
+        );
+        for bad in ["", "_INBOX.>", "a..b", "a b"] {
+            let err = NatsSettings {
+                inbox_prefix: Some(bad.into()),
+                ..base.clone()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string();
+            assert_eq!(
+                err,
+                "configuration, nats.inbox_prefix: expected dot-separated non-empty tokens without `*`, `>` or whitespace",
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -18,8 +18,10 @@ pub enum TlsVerification {
     /// WebPKI verification against the CA certificates of a PEM file (e.g. `pve-root-ca.pem`),
     /// including the host name.
     CaFile(std::path::PathBuf),
-    /// The leaf certificate's SHA-256 must equal this value (as `/nodes` reports in `ssl_fingerprint`).
-    Fingerprint([u8; 32]),
+    /// The leaf certificate's SHA-256 must equal one of these (as `/nodes` reports in
+    /// `ssl_fingerprint`): each PVE node has its own certificate, so a cluster with several
+    /// endpoints lists each endpoint's.
+    Fingerprints(Vec<[u8; 32]>),
     /// Accept any certificate (handshake signatures are still checked). For labs only.
     InsecureSkipVerify,
 }
@@ -106,13 +108,21 @@ pub fn client_config(mode: &TlsVerification) -> Result<rustls::ClientConfig, Pve
         TlsVerification::CaFile(path) => builder
             .with_root_certificates(load_roots(path)?)
             .with_no_client_auth(),
-        TlsVerification::Fingerprint(fp) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
-                expected: Some(*fp),
-                algorithms: provider.signature_verification_algorithms,
-            }))
-            .with_no_client_auth(),
+        TlsVerification::Fingerprints(fps) => {
+            if fps.is_empty() {
+                return Err(PveError::Config {
+                    field: "tls.fingerprint".into(),
+                    detail: "expected at least one SHA-256 fingerprint".into(),
+                });
+            }
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                    expected: Some(fps.clone()),
+                    algorithms: provider.signature_verification_algorithms,
+                }))
+                .with_no_client_auth()
+        }
         TlsVerification::InsecureSkipVerify => {
             tracing::warn!(
                 "TLS certificate verification of the PVE API is DISABLED (insecure_skip_verify); use a CA file or a pinned fingerprint outside a lab"
@@ -130,11 +140,12 @@ pub fn client_config(mode: &TlsVerification) -> Result<rustls::ClientConfig, Pve
     Ok(config)
 }
 
-/// Verifies the leaf certificate by its SHA-256 (or accepts any leaf when `expected` is `None`,
-/// the explicit insecure mode). Handshake signatures are always verified.
+/// Verifies the leaf certificate by its SHA-256, which must be one of `expected` (or accepts
+/// any leaf when `expected` is `None`, the explicit insecure mode). Handshake signatures are
+/// always verified.
 #[derive(Debug)]
 struct PinnedVerifier {
-    expected: Option<[u8; 32]>,
+    expected: Option<Vec<[u8; 32]>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -147,16 +158,17 @@ impl ServerCertVerifier for PinnedVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(expected) = self.expected else {
+        let Some(expected) = &self.expected else {
             return Ok(ServerCertVerified::assertion());
         };
         let actual = sha256(end_entity.as_ref());
-        if actual == expected {
+        if expected.contains(&actual) {
             Ok(ServerCertVerified::assertion())
         } else {
+            let pinned: Vec<String> = expected.iter().map(|f| format_fingerprint(f)).collect();
             Err(rustls::Error::General(format!(
                 "certificate fingerprint mismatch: expected SHA-256 {}, server presented {}",
-                format_fingerprint(&expected),
+                pinned.join(" or "),
                 format_fingerprint(&actual)
             )))
         }

@@ -8,6 +8,7 @@ use proxbalance_collector::pve::types::{
 use proxbalance_collector::snapshot::{
     CycleData, GuestConfigInfo, GuestRates, HaInfo, RateTracker, build_cluster_status,
     build_history, build_snapshots, parse_crs, parse_guest_config, sample_from_rrd,
+    single_precision,
 };
 use proxbalance_proto::v1::{GuestKind, NodeStatus as Wire};
 
@@ -227,7 +228,19 @@ fn history_drops_time_only_points_and_sorts() {
     let h = build_history("prod", "pve1", 5, &rev, &[]);
     assert_eq!(h.day.len(), 2);
     assert_eq!(h.day[0].time_unix_ms, 1_766_014_140_000);
-    assert_eq!(h.day[0].iowait_fraction, Some(0.10));
-    assert_eq!(h.day[1].load_average, Some(3.44));
+    // Values travel at single precision (7 significant digits).
+    assert_eq!(h.day[0].iowait_fraction, Some(f64::from(0.10f32)));
+    assert_eq!(h.day[1].load_average, Some(f64::from(3.44f32)));
+    assert!((h.day[1].load_average.unwrap() - 3.44).abs() < 1e-6);
     assert!(h.week.is_empty());
+}
+
+#[test]
+fn history_values_travel_at_single_precision() {
+    assert_eq!(single_precision(0.1), f64::from(0.1f32));
+    assert_eq!(single_precision(57_576_897_877.333_3), 57_576_898_560.0);
+    // Out of single precision's range: kept, never turned into infinity.
+    assert_eq!(single_precision(1e300), 1e300);
+    assert!(single_precision(f64::NAN).is_nan());
+    assert_eq!(single_precision(f64::INFINITY), f64::INFINITY);
 }

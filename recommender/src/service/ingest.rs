@@ -16,7 +16,7 @@ use proxbalance_proto::v1 as pb;
 use tokio::sync::mpsc;
 
 use super::{Outgoing, Shared, metric, wall_ms};
-use crate::state::{Arrival, Ingested};
+use crate::state::{Arrival, Ingested, Rejection};
 
 /// How long the snapshot consumer may make no progress before the stream is asked whether
 /// it should have (see the stall check in [`ingest_loop`]).
@@ -107,12 +107,18 @@ fn arrival(msg: &Message) -> Arrival {
     }
 }
 
-/// Applies one message; returns the cluster and cycle it completed.
+/// Applies one message (inflated first when its `Content-Encoding` says gzip, outside the
+/// state lock); returns the cluster and cycle it completed.
 fn apply(shared: &Shared, msg: &Message) -> Option<(String, u64)> {
     let at = arrival(msg);
-    let result = shared
-        .write()
-        .ingest(msg.subject.as_str(), &msg.payload, at);
+    let encoding = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(proxbalance_proto::headers::CONTENT_ENCODING))
+        .map(|v| v.as_str());
+    let result = proxbalance_proto::codec::decompress(encoding, &msg.payload)
+        .map_err(Rejection::from)
+        .and_then(|payload| shared.write().ingest(msg.subject.as_str(), &payload, at));
     match result {
         Ok(Ingested::Snapshot {
             cluster,

@@ -46,6 +46,9 @@ pub mod metric {
     pub const EVENTS_PUBLISHED: &str = "proxbalance_recommender_events_published_total";
     /// Counter: event publishes that failed, by kind.
     pub const EVENTS_FAILED: &str = "proxbalance_recommender_event_publish_failures_total";
+    /// Counter: events dropped because they can never be stored (too large, no stream,
+    /// subject refused), by kind and reason.
+    pub const EVENTS_REFUSED: &str = "proxbalance_recommender_events_refused_total";
     /// Gauge: 1 while the start-up replay runs.
     pub const REPLAYING: &str = "proxbalance_recommender_replaying";
     /// Gauge: a cluster's collector clock minus NATS' at its last snapshot or status, seconds
@@ -289,10 +292,15 @@ pub async fn start(
     let settings = state_settings(&config)?;
     let security = auth::GrpcSecurity::load(&config.grpc)?;
     let subjects: Subjects = settings.subjects.clone();
-    let nats =
+    let connection =
         proxbalance_runtime::connect_nats(&config.nats.connection(), "proxbalance-recommender")
             .await?;
-    let js = async_nats::jetstream::new(nats.clone());
+    let nats = connection.client.clone();
+    let publisher = proxbalance_runtime::JetStreamPublisher::new(
+        connection,
+        Duration::from_millis(config.nats.publish_timeout_ms),
+    );
+    let js = publisher.jetstream().clone();
     events::ensure_stream(&js, &subjects, &config.nats).await?;
 
     let addr = config.grpc.listen.clone();
@@ -323,13 +331,7 @@ pub async fn start(
     let (out_tx, out_rx) = mpsc::channel::<Outgoing>(4096);
     tasks.spawn(
         "events",
-        events::publish_loop(
-            js.clone(),
-            nats.clone(),
-            subjects.clone(),
-            out_rx,
-            Duration::from_millis(config.nats.publish_timeout_ms),
-        ),
+        events::publish_loop(publisher, subjects.clone(), out_rx),
     );
     tasks.spawn(
         "maintenance",

@@ -23,15 +23,12 @@ pub fn overload_event_id(e: &pb::OverloadEvent) -> String {
         "cleared"
     };
     let reason = pb::OverloadReason::try_from(e.reason).map_or("unspecified", reason_word);
-    format!(
-        "{}:{}:{reason}:{state}:{}",
-        e.cluster, e.node, e.since_unix_ms
-    )
+    proxbalance_proto::headers::overload_msg_id(&e.cluster, &e.node, reason, state, e.since_unix_ms)
 }
 
 /// The `Nats-Msg-Id` of a recommendations-changed event: the cycle it was computed for, the
 /// same on every replica. (The view's instant, in seconds, was used before: two cycles
 /// completing within one second then shared an id and JetStream dropped the second event.)
 pub fn recommendations_event_id(e: &pb::RecommendationsChanged) -> String {
-    format!("{}:recommendations:{}", e.cluster, e.cycle)
+    proxbalance_proto::headers::recommendations_msg_id(&e.cluster, e.cycle)
 }

@@ -171,7 +171,7 @@ mod tests {
         ingest_snap(&mut st, &snap("a", 1, T0, 0.9)).unwrap();
         let ev = st.evaluate_overload("c");
         assert_eq!(ev.len(), 1);
-        assert_eq!(ev[0].event_id, format!("c:a:cpu:raised:{T0}"));
+        assert_eq!(ev[0].event_id, format!("overload:c:a:cpu:raised:{T0}"));
         assert_eq!(ev[0].value, 90.0);
         // The same snapshot is not evaluated twice.
         assert!(st.evaluate_overload("c").is_empty());

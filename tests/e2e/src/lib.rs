@@ -15,6 +15,40 @@
 pub mod jwt;
 pub mod pki;
 
+/// The process's Prometheus recorder, as the services' exporter sets it up
+/// ([`proxbalance_runtime::prometheus_builder`]), installed by the first caller: the services'
+/// in-process metrics land there (one recorder per test binary).
+pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        proxbalance_runtime::prometheus_builder(None)
+            .install_recorder()
+            .expect("metrics recorder")
+    })
+}
+
+/// `name{labels} value` lines of a Prometheus rendering whose name and labels contain all
+/// of `needles`, summed.
+pub fn metric_sum(text: &str, needles: &[&str]) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && needles.iter().all(|n| l.contains(n)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// The protobuf bytes of a NATS message: its payload, inflated when its `Content-Encoding`
+/// header says gzip (the collector compresses payloads from 1 KiB on). Panics on a payload
+/// that does not inflate: for tests only.
+pub fn payload_of(headers: Option<&async_nats::HeaderMap>, payload: &[u8]) -> Vec<u8> {
+    let encoding = headers
+        .and_then(|h| h.get(proxbalance_proto::headers::CONTENT_ENCODING))
+        .map(|v| v.as_str());
+    proxbalance_proto::codec::decompress(encoding, payload)
+        .expect("payload inflates")
+        .into_owned()
+}
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

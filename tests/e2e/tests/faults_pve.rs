@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use proxbalance_collector::publisher::StreamLimits;
 use proxbalance_e2e::NatsServer;
+use proxbalance_e2e::metric_sum;
 use proxbalance_proto::v1 as pb;
 use pvesim::{DownMode, Fault};
 use support::{Driver, Recommender, until_cycle};
@@ -41,21 +42,10 @@ fn involved(set: &pb::RecommendationSet) -> BTreeMap<String, usize> {
     m
 }
 
-/// `name{labels} value` lines of a Prometheus rendering whose name and labels contain all
-/// of `needles`, summed.
-fn metric_sum(text: &str, needles: &[&str]) -> u64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && needles.iter().all(|n| l.contains(n)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pve_faults_are_reported_and_unread_nodes_are_never_recommended() {
     support::log();
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .expect("metrics recorder");
+    let prometheus = proxbalance_e2e::prometheus();
     let nats = NatsServer::start().expect("nats-server");
     let url = nats.url();
     let sim = support::demo_sim("demo").await;

@@ -75,7 +75,7 @@ async fn one_trace_runs_from_the_pve_request_to_the_recommendation() {
         TOKEN_ID,
     );
     cluster.token_secret_file = Some(secret);
-    cluster.fingerprint = Some(sim.fingerprint_sha256());
+    cluster.fingerprint = vec![sim.fingerprint_sha256()];
     cluster.interval_s = 1.0;
     let cc = CollectorConfig {
         nats: Default::default(),

@@ -333,7 +333,8 @@ impl<'a> Params<'a> {
 
 /// Context the handlers need beside the simulation.
 pub(crate) struct Ctx<'a> {
-    pub fingerprint: &'a str,
+    /// Each node's certificate fingerprint, in node order.
+    pub fingerprints: &'a [String],
 }
 
 /// Handles one request against the simulation at simulated time `now`.
@@ -719,7 +720,7 @@ fn nodes_list(sim: &Sim, ctx: &Ctx<'_>, now: f64) -> Value {
     for (i, n) in sim.nodes.iter().enumerate() {
         let name = &n.spec.name;
         let mut r = json!({"node": name, "id": format!("node/{name}"), "type": "node", "level": level(),
-            "ssl_fingerprint": ctx.fingerprint});
+            "ssl_fingerprint": ctx.fingerprints.get(i).map_or("", String::as_str)});
         if sim.node_online_at(i, now) {
             let s = sim.node_sample_now(i, now);
             r["status"] = json!("online");

@@ -29,7 +29,8 @@ struct Args {
     /// Write the cluster CA certificate (pve-root-ca.pem) here.
     #[arg(long)]
     ca_out: Option<PathBuf>,
-    /// Write the server certificate's SHA-256 fingerprint here.
+    /// Write the first endpoint's certificate SHA-256 fingerprint here (each node, so each
+    /// endpoint, has its own; all are signed by the CA of --ca-out).
     #[arg(long)]
     fingerprint_out: Option<PathBuf>,
     /// Override the scenario's time acceleration (0 = clock stands still).
@@ -104,6 +105,13 @@ async fn main() -> anyhow::Result<()> {
     );
     for addr in sim.endpoints() {
         println!("listening on https://{addr}/api2/json");
+    }
+    // Every node has its own certificate; endpoint i presents node i's.
+    for (i, addr) in sim.endpoints().into_iter().enumerate() {
+        println!(
+            "certificate of https://{addr}: {}",
+            sim.endpoint_fingerprint(i)?
+        );
     }
     println!("fingerprint {}", sim.fingerprint_sha256());
     if let Some(h) = sim.token_header() {

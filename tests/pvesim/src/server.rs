@@ -39,8 +39,12 @@ pub enum Fault {
 struct Shared {
     sim: Mutex<Sim>,
     clock: SimClock,
-    certs: Certs,
-    acceptor: TlsAcceptor,
+    /// One certificate per node, in node order: endpoint `i` answers as node `i` with its own.
+    certs: Vec<Certs>,
+    /// The TLS acceptor of each node's certificate.
+    acceptors: Vec<TlsAcceptor>,
+    /// Every node's fingerprint, for `/nodes`' `ssl_fingerprint`.
+    fingerprints: Vec<String>,
     counts: Mutex<HashMap<String, u64>>,
     route_counts: Mutex<HashMap<String, u64>>,
     faults: Mutex<Vec<(String, Fault)>>,
@@ -71,21 +75,29 @@ impl Simulator {
         scenario.validate()?;
         let start = scenario.cluster.start_time.unwrap_or_else(wall_clock_epoch) as f64;
         let clock = SimClock::accelerated(start, scenario.cluster.acceleration);
-        let first = scenario
-            .nodes
-            .first()
-            .map(|n| n.name.clone())
-            .unwrap_or_default();
+        let mut names: Vec<String> = scenario.nodes.iter().map(|n| n.name.clone()).collect();
+        if names.is_empty() {
+            names.push(String::new());
+        }
         let mut extra = vec![listen.ip().to_string()];
-        extra.extend(scenario.nodes.iter().map(|n| n.name.clone()));
-        let certs = tls::generate(&scenario.cluster.name, &first, &extra)
+        extra.extend(names.iter().cloned());
+        let certs = tls::generate_cluster(&scenario.cluster.name, &names, &extra)
             .map_err(|e| Error::Cert(e.to_string()))?;
-        let cfg = tls::server_config(&certs).map_err(|e| Error::Tls(e.to_string()))?;
+        let acceptors = certs
+            .iter()
+            .map(|c| {
+                tls::server_config(c)
+                    .map(|cfg| TlsAcceptor::from(Arc::new(cfg)))
+                    .map_err(|e| Error::Tls(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let fingerprints = certs.iter().map(|c| c.fingerprint.clone()).collect();
         let shared = Arc::new(Shared {
             sim: Mutex::new(Sim::new(scenario, start)),
             clock,
             certs,
-            acceptor: TlsAcceptor::from(Arc::new(cfg)),
+            acceptors,
+            fingerprints,
             counts: Mutex::new(HashMap::new()),
             route_counts: Mutex::new(HashMap::new()),
             faults: Mutex::new(Vec::new()),
@@ -150,7 +162,7 @@ fn spawn_endpoint(
             tokio::spawn(async move {
                 let tls = tokio::select! {
                     _ = cancel.cancelled() => return,
-                    r = tokio::time::timeout(Duration::from_secs(10), shared.acceptor.accept(tcp)) => r,
+                    r = tokio::time::timeout(Duration::from_secs(10), shared.acceptors[local_node % shared.acceptors.len()].accept(tcp)) => r,
                 };
                 let Ok(Ok(stream)) = tls else { return };
                 let svc_shared = shared.clone();
@@ -329,7 +341,7 @@ async fn serve(
         let now = shared.clock.now();
         let mut sim = lock(&shared.sim);
         let ctx = api::Ctx {
-            fingerprint: &shared.certs.fingerprint,
+            fingerprints: &shared.fingerprints,
         };
         api::handle(&mut sim, &ctx, &request, now)
     };
@@ -374,20 +386,34 @@ impl RunningSim {
         format!("https://{}/api2/json", self.local_addr())
     }
 
-    /// SHA-256 fingerprint of the server certificate (the same on every endpoint), in PVE's
+    /// SHA-256 fingerprint of the first endpoint's certificate (the first node's), in PVE's
     /// colon-separated upper-case hex form.
     pub fn fingerprint_sha256(&self) -> String {
-        self.shared.certs.fingerprint.clone()
+        self.shared.fingerprints[0].clone()
     }
 
-    /// The cluster CA certificate (`pve-root-ca.pem`) that signed the server certificate.
+    /// Every node's certificate fingerprint, in node order (what `/nodes` reports as
+    /// `ssl_fingerprint`). Endpoint `i` presents node `i`'s (mod the node count), as each PVE
+    /// node serves its own certificate.
+    pub fn fingerprints(&self) -> Vec<String> {
+        self.shared.fingerprints.clone()
+    }
+
+    /// The fingerprint of the certificate endpoint `index` presents.
+    pub fn endpoint_fingerprint(&self, index: usize) -> Result<String, Error> {
+        let eps = lock(&self.endpoints);
+        let ep = eps.get(index).ok_or(Error::UnknownEndpoint(index))?;
+        Ok(self.shared.fingerprints[ep.local_node % self.shared.fingerprints.len()].clone())
+    }
+
+    /// The cluster CA certificate (`pve-root-ca.pem`) that signed every node's certificate.
     pub fn ca_pem(&self) -> String {
-        self.shared.certs.ca_pem.clone()
+        self.shared.certs[0].ca_pem.clone()
     }
 
-    /// The server certificate, PEM.
+    /// The first endpoint's certificate (the first node's), PEM.
     pub fn leaf_pem(&self) -> String {
-        self.shared.certs.leaf_pem.clone()
+        self.shared.certs[0].leaf_pem.clone()
     }
 
     /// A copy of the scenario being simulated (as loaded; placement changes are not reflected).
@@ -406,7 +432,7 @@ impl RunningSim {
 
     /// Adds another listening endpoint sharing the same cluster state (a second "node" to fail
     /// over to) and returns its address. Endpoint `i` answers as node `i` (mod the node count)
-    /// for `local` flags and `local-only` metrics.
+    /// for `local` flags and `local-only` metrics, and presents node `i`'s certificate.
     pub async fn add_endpoint(&self, listen: SocketAddr) -> Result<SocketAddr, Error> {
         let listener = bind(listen).await?;
         let addr = listener.local_addr().map_err(|source| Error::Bind {

@@ -1,6 +1,7 @@
-//! Certificates like a PVE cluster's: a cluster CA (`pve-root-ca.pem`) that signs the node's
-//! server certificate. rustls/webpki rejects a self-signed certificate that is at the same time
-//! CA and end entity, so a client pinned to the CA needs this two-level chain.
+//! Certificates like a PVE cluster's: a cluster CA (`pve-root-ca.pem`) that signs each node's
+//! own server certificate (`pve-ssl.pem`), so every node presents a different certificate and
+//! fingerprint. rustls/webpki rejects a self-signed certificate that is at the same time CA and
+//! end entity, so a client pinned to the CA needs this two-level chain.
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
@@ -8,7 +9,7 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-/// The generated CA and server certificate.
+/// The generated CA and one node's server certificate.
 #[derive(Debug)]
 pub struct Certs {
     /// The cluster CA certificate, PEM.
@@ -44,6 +45,18 @@ pub fn fingerprint_sha256(der: &[u8]) -> String {
 /// Generates a fresh CA for `cluster` and a server certificate for `node` valid for
 /// `localhost`, `127.0.0.1`, `::1`, the node name and `extra_names`.
 pub fn generate(cluster: &str, node: &str, extra_names: &[String]) -> Result<Certs, rcgen::Error> {
+    let mut all = generate_cluster(cluster, &[node.to_owned()], extra_names)?;
+    Ok(all.remove(0))
+}
+
+/// Generates a fresh CA for `cluster` and one server certificate per node of `nodes` (in that
+/// order), each signed by the CA, valid for `localhost`, `127.0.0.1`, `::1`, its node name and
+/// `extra_names`, each with its own key and fingerprint, as on a real cluster.
+pub fn generate_cluster(
+    cluster: &str,
+    nodes: &[String],
+    extra_names: &[String],
+) -> Result<Vec<Certs>, rcgen::Error> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
@@ -58,40 +71,43 @@ pub fn generate(cluster: &str, node: &str, extra_names: &[String]) -> Result<Cer
         KeyUsagePurpose::DigitalSignature,
     ];
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
-
-    let mut names = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-        node.to_string(),
-    ];
-    for n in extra_names {
-        if !names.contains(n) {
-            names.push(n.clone());
-        }
-    }
-    let leaf_key = KeyPair::generate()?;
-    let mut leaf_params = CertificateParams::new(names)?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("{node}.pvesim"));
-    dn.push(DnType::OrganizationName, "PVE Cluster Node");
-    leaf_params.distinguished_name = dn;
-    leaf_params.is_ca = IsCa::NoCa;
-    leaf_params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf = leaf_params.signed_by(&leaf_key, &ca)?;
-
-    let leaf_der = leaf.der().clone();
-    Ok(Certs {
-        ca_pem: ca.pem(),
-        leaf_pem: leaf.pem(),
-        fingerprint: fingerprint_sha256(leaf_der.as_ref()),
-        leaf_der,
-        key_der: PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
-    })
+    nodes
+        .iter()
+        .map(|node| {
+            let mut names = vec![
+                "localhost".to_string(),
+                "127.0.0.1".to_string(),
+                "::1".to_string(),
+                node.to_string(),
+            ];
+            for n in extra_names {
+                if !names.contains(n) {
+                    names.push(n.clone());
+                }
+            }
+            let leaf_key = KeyPair::generate()?;
+            let mut leaf_params = CertificateParams::new(names)?;
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, format!("{node}.pvesim"));
+            dn.push(DnType::OrganizationName, "PVE Cluster Node");
+            leaf_params.distinguished_name = dn;
+            leaf_params.is_ca = IsCa::NoCa;
+            leaf_params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            let leaf = leaf_params.signed_by(&leaf_key, &ca)?;
+            let leaf_der = leaf.der().clone();
+            Ok(Certs {
+                ca_pem: ca.pem(),
+                leaf_pem: leaf.pem(),
+                fingerprint: fingerprint_sha256(leaf_der.as_ref()),
+                leaf_der,
+                key_der: PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
+            })
+        })
+        .collect()
 }
 
 /// A rustls server configuration (ring provider, TLS 1.2 and 1.3) serving the leaf certificate.
@@ -122,5 +138,15 @@ mod tests {
         assert!(c.ca_pem.contains("BEGIN CERTIFICATE"));
         assert_ne!(c.ca_pem, c.leaf_pem);
         server_config(&c).expect("rustls accepts the key");
+    }
+
+    #[test]
+    fn every_node_has_its_own_certificate_from_one_ca() {
+        let nodes = ["pve1".to_owned(), "pve2".to_owned()];
+        let c = generate_cluster("t", &nodes, &[]).expect("certs");
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].ca_pem, c[1].ca_pem);
+        assert_ne!(c[0].fingerprint, c[1].fingerprint);
+        assert_ne!(c[0].leaf_pem, c[1].leaf_pem);
     }
 }

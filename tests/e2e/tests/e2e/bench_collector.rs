@@ -40,9 +40,9 @@ async fn cycle_figures() {
             cluster: format!("bench{nodes}"),
             endpoints: vec![format!("https://{}", sim.local_addr())],
             token: ApiToken::new(DEFAULT_TOKEN_ID, DEFAULT_TOKEN_SECRET).unwrap(),
-            tls: TlsVerification::Fingerprint(
+            tls: TlsVerification::Fingerprints(vec![
                 parse_fingerprint(&sim.fingerprint_sha256()).unwrap(),
-            ),
+            ]),
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             max_concurrency: 4,

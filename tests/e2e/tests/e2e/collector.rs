@@ -58,7 +58,7 @@ fn client_for(
 }
 
 fn pinned(sim: &RunningSim) -> TlsVerification {
-    TlsVerification::Fingerprint(parse_fingerprint(&sim.fingerprint_sha256()).unwrap())
+    TlsVerification::Fingerprints(vec![parse_fingerprint(&sim.fingerprint_sha256()).unwrap()])
 }
 
 fn settings() -> CycleSettings {
@@ -262,7 +262,7 @@ async fn fingerprint_mismatch_refuses_the_connection_and_the_ca_file_works() {
         &sim,
         vec![ep.clone()],
         DEFAULT_TOKEN_SECRET,
-        TlsVerification::Fingerprint([0xAB; 32]),
+        TlsVerification::Fingerprints(vec![[0xAB; 32]]),
     );
     let err = client
         .get::<Vec<ClusterResource>>("/cluster/resources")
@@ -296,32 +296,86 @@ async fn fingerprint_mismatch_refuses_the_connection_and_the_ca_file_works() {
     sim.shutdown().await;
 }
 
+/// Failover to a second endpoint that presents its own node's certificate, as every PVE node
+/// does, over real HTTPS: pinned to the first node's fingerprint only, the second endpoint is
+/// refused (the defect: a cluster took one fingerprint, so failover always failed); with one
+/// fingerprint per endpoint (`fingerprint = [..]`, read through the configuration) or the
+/// cluster CA, the second endpoint takes over.
 #[tokio::test]
-async fn second_endpoint_takes_over_when_the_first_is_down() {
+async fn second_endpoint_takes_over_with_its_own_certificate() {
     init();
     let sim = start_sim(2, 8, Flavour::Pve9).await;
     let second = sim
         .add_endpoint("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
+    let (fp0, fp1) = (
+        sim.endpoint_fingerprint(0).unwrap(),
+        sim.endpoint_fingerprint(1).unwrap(),
+    );
+    assert_ne!(fp0, fp1, "each node has its own certificate");
+    assert_eq!(sim.fingerprints(), vec![fp0.clone(), fp1.clone()]);
     let first = base_url(sim.local_addr());
     sim.stop_endpoint(0).await.unwrap();
-    let client = client_for(
-        &sim,
-        vec![first, base_url(second)],
-        DEFAULT_TOKEN_SECRET,
-        pinned(&sim),
+    let endpoints = vec![first, base_url(second)];
+
+    // One fingerprint, the first node's: the second endpoint's certificate is refused.
+    let client = client_for(&sim, endpoints.clone(), DEFAULT_TOKEN_SECRET, pinned(&sim));
+    let out = ClusterCollector::new(settings(), client).collect().await;
+    let tls_errors: Vec<&str> = out
+        .status
+        .errors
+        .iter()
+        .filter(|e| e.kind == CollectionErrorKind::Tls as i32)
+        .map(|e| e.message.as_str())
+        .collect();
+    assert!(
+        tls_errors.iter().any(|m| m.contains(&format!(
+            "certificate fingerprint mismatch: expected SHA-256 {fp0}, server presented {fp1}"
+        ))),
+        "{:?}",
+        out.status.errors
     );
-    let mut c = ClusterCollector::new(settings(), client);
-    let out = c.collect().await;
-    assert!(out.status.errors.is_empty(), "{:?}", out.status.errors);
-    assert_eq!(out.status.endpoint, base_url(second));
-    assert_eq!(out.snapshots.len(), 2);
     assert!(
         out.snapshots
             .iter()
-            .all(|s| s.status == NodeStatus::Online as i32)
+            .all(|s| s.status != NodeStatus::Online as i32)
     );
+
+    // One fingerprint per endpoint, as the configuration takes it.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("token");
+    std::fs::write(&secret, DEFAULT_TOKEN_SECRET).unwrap();
+    let cfg = Config::from_toml(&format!(
+        "[[clusters]]\nname = \"sim\"\nendpoints = {endpoints:?}\ntoken_id = {DEFAULT_TOKEN_ID:?}\ntoken_secret_file = {secret:?}\nfingerprint = [{fp0:?}, {fp1:?}]\n"
+    ))
+    .unwrap();
+    let client = cfg.clusters[0]
+        .client_settings()
+        .and_then(PveClient::new)
+        .unwrap();
+    let ca = dir.path().join("pve-root-ca.pem");
+    std::fs::write(&ca, sim.ca_pem()).unwrap();
+    for client in [
+        client,
+        client_for(
+            &sim,
+            endpoints.clone(),
+            DEFAULT_TOKEN_SECRET,
+            TlsVerification::CaFile(ca),
+        ),
+    ] {
+        let mut c = ClusterCollector::new(settings(), client);
+        let out = c.collect().await;
+        assert!(out.status.errors.is_empty(), "{:?}", out.status.errors);
+        assert_eq!(out.status.endpoint, base_url(second));
+        assert_eq!(out.snapshots.len(), 2);
+        assert!(
+            out.snapshots
+                .iter()
+                .all(|s| s.status == NodeStatus::Online as i32)
+        );
+    }
     sim.shutdown().await;
 }
 
@@ -417,14 +471,18 @@ async fn cycles_are_published_to_jetstream_with_headers_and_deduplicated() {
     let headers = msg.headers;
     assert_eq!(
         headers.get("Nats-Msg-Id").map(|v| v.as_str()),
-        Some(format!("sim:pve2:{}", out.status.cycle).as_str())
+        Some(format!("snapshot:sim:pve2:{}", out.status.cycle).as_str())
     );
     let tp = headers
         .get("traceparent")
         .map(|v| v.as_str().to_owned())
         .unwrap();
     assert_eq!(tp.len(), 55, "{tp}");
-    let snap = proxbalance_proto::codec::decode_snapshot(&msg.payload).unwrap();
+    let snap = proxbalance_proto::codec::decode_snapshot(&proxbalance_e2e::payload_of(
+        Some(&headers),
+        &msg.payload,
+    ))
+    .unwrap();
     assert_eq!(snap.node, "pve2");
     assert_eq!(
         snap.committed_mem_bytes,
@@ -432,6 +490,45 @@ async fn cycles_are_published_to_jetstream_with_headers_and_deduplicated() {
     );
     let mut hist = js.get_stream("PROXBALANCE_HISTORY").await.unwrap();
     assert_eq!(hist.info().await.unwrap().state.messages, 3);
+    sim.shutdown().await;
+}
+
+/// A stream deleted under the running collector: JetStream answers "no responders" for its
+/// subjects. That is permanent (nothing stores them until an operator creates the stream), so
+/// the cycle's snapshots and status are dropped and counted, not retried forever, and the
+/// histories (their stream still there) are stored.
+#[tokio::test]
+async fn messages_without_a_stream_are_dropped_not_retried() {
+    init();
+    let nats = NatsServer::start().unwrap();
+    let sim = start_sim(3, 12, Flavour::Pve9).await;
+    let nc = async_nats::connect(nats.url()).await.unwrap();
+    let publisher = Publisher::new(
+        nc.clone(),
+        Subjects::default(),
+        &StreamLimits::default(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let js = async_nats::jetstream::new(nc);
+    js.delete_stream("PROXBALANCE_SNAPSHOTS").await.unwrap();
+    let mut c = collector(&sim);
+    let out = c.collect().await;
+    let mut retry = proxbalance_collector::retry::RetryBuffer::new(100);
+    let started = std::time::Instant::now();
+    let report = publisher.publish_cycle_buffered(&out, &mut retry).await;
+    assert_eq!(report.published, 3, "the histories: {report:?}");
+    assert_eq!(
+        report.refused,
+        3 + 1,
+        "the snapshots and the status: {report:?}"
+    );
+    assert_eq!((report.failed, report.buffered), (0, 0), "{report:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no acknowledgement waited for"
+    );
     sim.shutdown().await;
 }
 
@@ -448,7 +545,7 @@ async fn run_polls_two_clusters_and_a_failing_one_does_not_hold_up_the_other() {
     let mk = |name: &str, secret: &std::path::Path| {
         let mut c = ClusterConfig::new(name, vec![base_url(sim.local_addr())], DEFAULT_TOKEN_ID);
         c.token_secret_file = Some(secret.to_owned());
-        c.fingerprint = Some(sim.fingerprint_sha256());
+        c.fingerprint = vec![sim.fingerprint_sha256()];
         c.interval_s = 0.2;
         c
     };
@@ -476,7 +573,11 @@ async fn run_polls_two_clusters_and_a_failing_one_does_not_hold_up_the_other() {
             .await
             .unwrap()
             .unwrap();
-        let s = proxbalance_proto::codec::decode_snapshot(&m.payload).unwrap();
+        let s = proxbalance_proto::codec::decode_snapshot(&proxbalance_e2e::payload_of(
+            m.headers.as_ref(),
+            &m.payload,
+        ))
+        .unwrap();
         seen.insert((s.cycle, s.node.clone()));
     }
     // The bad cluster reports its auth error in its cluster status.
@@ -484,7 +585,11 @@ async fn run_polls_two_clusters_and_a_failing_one_does_not_hold_up_the_other() {
         .await
         .unwrap()
         .unwrap();
-    let st = proxbalance_proto::codec::decode_cluster_status(&m.payload).unwrap();
+    let st = proxbalance_proto::codec::decode_cluster_status(&proxbalance_e2e::payload_of(
+        m.headers.as_ref(),
+        &m.payload,
+    ))
+    .unwrap();
     assert_eq!(st.errors[0].kind, CollectionErrorKind::Auth as i32);
 
     token.cancel();
@@ -494,4 +599,79 @@ async fn run_polls_two_clusters_and_a_failing_one_does_not_hold_up_the_other() {
         .unwrap();
     assert!(r.is_ok(), "{r:?}");
     sim.shutdown().await;
+}
+
+/// PVE 8 without `/cluster/metrics/export`: guests' disk and network rates come from the
+/// cumulative counters of `/cluster/resources`, which pvestatd refreshes every 10 s (pvesim
+/// too: counters and uptime change on its 10 s ticks only). With steady loads and no noise,
+/// polled every 5 s (the counters change every other cycle) or every 15 s (one or two refreshes
+/// per cycle), every rate is exactly the guest's load, every cycle. (Dividing by the collector's
+/// own interval gave 0 and 2× at 5 s, ±33 % at 15 s.)
+#[tokio::test]
+async fn pve8_rates_are_exact_whatever_the_interval() {
+    init();
+    for interval in [5.0, 15.0] {
+        let mut scenario = Scenario::generated(2, 8, 7);
+        scenario.cluster.flavour = Flavour::Pve8;
+        scenario.cluster.version = None;
+        scenario.cluster.acceleration = 0.0;
+        for (i, g) in scenario.guests.iter_mut().enumerate() {
+            let k = (i + 1) as f64;
+            g.status = pvesim::GuestStatus::Running;
+            g.load = pvesim::LoadSpec {
+                shape: pvesim::Shape::Steady,
+                noise: 0.0,
+                disk_read_mb_s: Some(k),
+                disk_write_mb_s: Some(0.5 * k),
+                net_in_mb_s: 0.25 * k,
+                net_out_mb_s: 0.125 * k,
+                ..g.load.clone()
+            };
+        }
+        let expected: std::collections::HashMap<u32, [f64; 4]> = scenario
+            .guests
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let k = (i + 1) as f64 * 1e6;
+                (g.vmid, [k, 0.5 * k, 0.25 * k, 0.125 * k])
+            })
+            .collect();
+        let sim = Simulator::start(scenario, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let mut c = collector(&sim);
+        // Two refreshes apart, so every guest has a rate.
+        c.collect().await;
+        sim.advance(10.0);
+        c.collect().await;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            sim.advance(interval);
+            let out = c.collect().await;
+            assert!(out.status.errors.is_empty(), "{:?}", out.status.errors);
+            assert_eq!(
+                sim.route_counts()
+                    .get("/cluster/metrics/export")
+                    .copied()
+                    .unwrap_or(0),
+                0
+            );
+            let mut guests = 0;
+            for g in out.snapshots.iter().flat_map(|s| s.guests.iter()) {
+                let got = [
+                    g.disk_read_bps,
+                    g.disk_write_bps,
+                    g.net_in_bps,
+                    g.net_out_bps,
+                ];
+                assert_eq!(got, expected[&g.vmid], "vmid {} at {interval} s", g.vmid);
+                guests += 1;
+            }
+            assert_eq!(guests, 8);
+            seen.push(out.snapshots[0].guests[0].disk_read_bps);
+        }
+        println!("{interval} s interval: first guest's disk read rate per cycle {seen:?}");
+        sim.shutdown().await;
+    }
 }

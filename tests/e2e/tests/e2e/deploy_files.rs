@@ -104,60 +104,127 @@ fn workspace_packages() -> BTreeSet<String> {
         .collect()
 }
 
-/// What the Dockerfile installs: binaries into /usr/local/bin, files into /etc/proxbalance.
-struct Image {
-    binaries: BTreeSet<String>,
-    etc_files: BTreeSet<String>,
-    user: String,
+/// One stage of the Dockerfile: its name, what it starts `FROM`, and its lines.
+struct Stage {
+    name: String,
+    from: String,
+    lines: Vec<String>,
 }
 
-fn image() -> Image {
+/// The Dockerfile's stages, in order (a `\`-continued instruction is one line).
+fn stages() -> Vec<Stage> {
     let text = read(&deploy().join("Dockerfile"));
-    let binaries: BTreeSet<String> = text
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("target/release/"))
-        .map(str::to_owned)
-        .collect();
-    let mut etc_files = BTreeSet::new();
-    let mut user = String::new();
-    for line in text.lines() {
+    let joined = text.replace("\\\n", " ");
+    let mut stages: Vec<Stage> = Vec::new();
+    for line in joined.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
-            ["COPY", rest @ ..] if rest.last() == Some(&"/etc/proxbalance/") => {
-                for src in &rest[..rest.len() - 1] {
-                    assert!(root().join(src).is_file(), "Dockerfile copies {src}");
-                    etc_files.insert(format!(
-                        "/etc/proxbalance/{}",
-                        Path::new(src).file_name().unwrap().to_str().unwrap()
-                    ));
+            ["FROM", from, "AS", name] => stages.push(Stage {
+                name: (*name).to_owned(),
+                from: (*from).to_owned(),
+                lines: Vec::new(),
+            }),
+            ["FROM", ..] => panic!("every stage is named: {line}"),
+            _ => {
+                if let Some(stage) = stages.last_mut() {
+                    stage.lines.push(line.to_owned());
                 }
             }
-            ["USER", u] => user = (*u).to_owned(),
+        }
+    }
+    stages
+}
+
+/// What an image (a stage, with the stages it starts from) holds: binaries in /usr/local/bin,
+/// files in /etc/proxbalance (installed path → source in the repository), its user and command.
+#[derive(Debug, Default)]
+struct Image {
+    binaries: BTreeSet<String>,
+    etc_files: BTreeMap<String, PathBuf>,
+    user: String,
+    cmd: Vec<String>,
+}
+
+fn image_of(stage: &str) -> Image {
+    let all = stages();
+    let find = |name: &str| all.iter().find(|s| s.name == name);
+    let s = find(stage).unwrap_or_else(|| panic!("no stage {stage}"));
+    let mut img = match find(&s.from) {
+        Some(parent) => image_of(&parent.name),
+        None => Image::default(),
+    };
+    for line in &s.lines {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["COPY", from, src, "/usr/local/bin/"] if from.starts_with("--from=") => {
+                // The binaries the source stage itself built and installed into `src`.
+                let source = find(&from["--from=".len()..]).expect("COPY --from a stage");
+                for l in &source.lines {
+                    if l.contains(src.trim_end_matches('/')) {
+                        img.binaries.extend(
+                            l.split_whitespace()
+                                .filter_map(|w| w.strip_prefix("target/release/"))
+                                .map(str::to_owned),
+                        );
+                    }
+                }
+            }
+            ["COPY", rest @ ..] if rest.last() == Some(&"/etc/proxbalance/") => {
+                for src in &rest[..rest.len() - 1] {
+                    let path = root().join(src);
+                    assert!(path.is_file(), "Dockerfile copies {src}");
+                    img.etc_files.insert(
+                        format!(
+                            "/etc/proxbalance/{}",
+                            path.file_name().unwrap().to_str().unwrap()
+                        ),
+                        path,
+                    );
+                }
+            }
+            ["USER", u] => img.user = (*u).to_owned(),
+            ["CMD", ..] => {
+                img.cmd = serde_json::from_str(line.trim_start_matches("CMD").trim())
+                    .expect("CMD in exec form")
+            }
             _ => {}
         }
     }
-    Image {
-        binaries,
-        etc_files,
-        user,
-    }
+    img
+}
+
+/// The production image: the Dockerfile's default target, its last stage.
+fn image() -> Image {
+    let last = stages().pop().expect("stages");
+    assert_eq!(last.name, "production");
+    image_of(&last.name)
 }
 
 #[test]
 fn dockerfile_builds_and_installs_the_workspace_binaries() {
     let text = read(&deploy().join("Dockerfile"));
     let bins = workspace_binaries();
+    let names: Vec<String> = stages().into_iter().map(|s| s.name).collect();
+    assert_eq!(
+        names,
+        ["builder", "pvesim-builder", "base", "demo", "production"]
+    );
+    // The production image has the services and the CLI, not the simulator.
     let img = image();
-    let expected: BTreeSet<String> = [
+    let production: BTreeSet<String> = [
         "proxbalance-collector",
         "proxbalance-recommender",
         "proxbalance",
-        "pvesim",
     ]
     .map(str::to_owned)
     .into();
-    assert_eq!(img.binaries, expected);
-    for b in &img.binaries {
+    assert_eq!(img.binaries, production);
+    // The demo image adds it.
+    let demo = image_of("demo");
+    let mut with_pvesim = production.clone();
+    with_pvesim.insert("pvesim".to_owned());
+    assert_eq!(demo.binaries, with_pvesim);
+    for b in &demo.binaries {
         assert!(
             bins.contains(b),
             "Dockerfile installs {b}, not a workspace binary: {bins:?}"
@@ -178,23 +245,163 @@ fn dockerfile_builds_and_installs_the_workspace_binaries() {
     for p in built {
         assert!(packages.contains(p), "{p}");
     }
-    // Multi-stage, locked build, non-root run.
+    // Locked release builds in a Rust image, non-root run on Debian.
+    assert!(text.contains("FROM rust:1.95-slim-bookworm AS builder"));
+    assert_eq!(text.matches("cargo build --release --locked").count(), 2);
+    assert!(text.contains("FROM debian:bookworm-slim AS base"));
     assert_eq!(
-        text.matches("\nFROM ").count() + usize::from(text.starts_with("FROM ")),
-        2
+        (img.user.as_str(), demo.user.as_str()),
+        ("10001:10001", "10001:10001")
     );
-    assert!(text.contains("AS builder") && text.contains("cargo build --release --locked"));
-    assert!(text.contains("FROM debian:bookworm-slim"));
-    assert_eq!(img.user, "10001:10001");
+    let files = |img: &Image| img.etc_files.keys().cloned().collect::<Vec<_>>();
     assert_eq!(
-        img.etc_files,
+        files(&img),
         [
             "/etc/proxbalance/collector.example.toml",
-            "/etc/proxbalance/demo-scenario.toml"
+            "/etc/proxbalance/recommender.toml"
         ]
-        .map(str::to_owned)
-        .into()
     );
+    assert_eq!(
+        files(&demo),
+        [
+            "/etc/proxbalance/collector.example.toml",
+            "/etc/proxbalance/demo-scenario.toml",
+            "/etc/proxbalance/recommender.toml"
+        ]
+    );
+}
+
+/// `.dockerignore` keeps build output and history out of the build context, but nothing the
+/// build needs: every workspace member and every file the Dockerfile copies stays in.
+#[test]
+fn dockerignore_keeps_out_the_build_output_but_nothing_the_build_needs() {
+    let ignore = read(&root().join(".dockerignore"));
+    let patterns: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for must in ["target/", ".git/"] {
+        assert!(patterns.contains(&must), "{must} is not ignored");
+    }
+    // `dir/`, `**/name`, `*.ext`, `**/*.ext` and plain names, as used there.
+    let ignored = |path: &str| {
+        patterns.iter().any(|p| {
+            let p = p.trim_end_matches('/');
+            let file = path.rsplit('/').next().unwrap_or(path);
+            let matches_name = |pat: &str, name: &str| match pat.strip_prefix('*') {
+                Some(suffix) => name.ends_with(suffix),
+                None => pat == name,
+            };
+            match p.strip_prefix("**/") {
+                Some(rest) => path.split('/').any(|c| matches_name(rest, c)),
+                None if p.starts_with('*') => matches_name(p, file),
+                None => path == p || path.starts_with(&format!("{p}/")),
+            }
+        })
+    };
+    assert!(ignored("target/release/proxbalance"));
+    assert!(ignored("tests/e2e/target/x"));
+    let manifest: toml::Table = toml::from_str(&read(&root().join("Cargo.toml"))).unwrap();
+    let mut needed: Vec<String> = manifest["workspace"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| format!("{}/Cargo.toml", m.as_str().unwrap()))
+        .collect();
+    needed.extend(
+        [
+            "Cargo.toml",
+            "Cargo.lock",
+            "proto/proxbalance/v1/snapshot.proto",
+        ]
+        .map(str::to_owned),
+    );
+    for img in [image(), image_of("demo")] {
+        for src in img.etc_files.values() {
+            needed.push(
+                src.strip_prefix(root())
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+    }
+    for path in &needed {
+        assert!(root().join(path).exists(), "{path}");
+        assert!(!ignored(path), "{path} is needed by the build but ignored");
+    }
+}
+
+/// The production image's default command starts the recommender: the configuration file it
+/// names is in the image, the recommender's loader accepts it, and with what a container gets
+/// from outside (NATS at the configured address, here a test server; the bearer token mounted
+/// as a secret) the service starts, keeps health open and wants the token for everything else.
+#[tokio::test]
+async fn the_image_default_command_starts_the_recommender() {
+    use proxbalance_proto::v1::recommender_client::RecommenderClient;
+    let img = image();
+    assert_eq!(
+        img.cmd,
+        [
+            "proxbalance-recommender",
+            "--config",
+            "/etc/proxbalance/recommender.toml"
+        ]
+    );
+    assert!(img.binaries.contains(&img.cmd[0]));
+    let source = &img.etc_files[&img.cmd[2]];
+    let mut cfg = proxbalance_recommender::config::Config::load(Some(source))
+        .unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+    // Every interface of the container, so never without a token.
+    assert_eq!(cfg.grpc.listen, "0.0.0.0:50051");
+    let token_path = cfg.grpc.token_file.clone().expect("grpc.token_file");
+    assert!(
+        token_path.starts_with("/run/secrets"),
+        "{}",
+        token_path.display()
+    );
+
+    proxbalance_runtime::install_crypto_provider();
+    let nats = proxbalance_e2e::NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("grpc-token");
+    std::fs::write(&token, "image-default-token\n").unwrap();
+    cfg.nats.url = nats.url();
+    cfg.grpc.listen = "127.0.0.1:0".into();
+    cfg.grpc.token_file = Some(token);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = proxbalance_recommender::start(cfg, shutdown.clone())
+        .await
+        .expect("the default configuration starts");
+    let url = format!("http://{}", running.grpc_addr());
+    let channel = tonic::transport::Channel::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await;
+    assert!(health.is_ok(), "{health:?}");
+    let mut client = RecommenderClient::new(channel);
+    let refused = client
+        .list_clusters(proxbalance_proto::v1::ListClustersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let mut request = tonic::Request::new(proxbalance_proto::v1::ListClustersRequest::default());
+    request.metadata_mut().insert(
+        "authorization",
+        "Bearer image-default-token".parse().unwrap(),
+    );
+    client
+        .list_clusters(request)
+        .await
+        .expect("served with the token");
+    shutdown.cancel();
+    running.wait().await.unwrap();
 }
 
 // ---------------------------------------------------------------- collector configuration
@@ -590,22 +797,41 @@ fn compose_runs_the_demo_with_valid_configurations() {
     let nats = &doc["services"]["nats"];
     let nats_cmd = command_of(nats);
     assert!(nats_cmd.contains(&"--jetstream".to_owned()), "{nats_cmd:?}");
-    assert!(strings(&nats["ports"]).contains(&"4222:4222".to_owned()));
+    assert!(strings(&nats["ports"]).contains(&"127.0.0.1:4222:4222".to_owned()));
     // … running deploy/nats-server.conf, so both services must log in.
     let nats_conf = arg_after(&nats_cmd, "-c").unwrap();
     assert_eq!(compose_mounts(nats)[&nats_conf], "./nats-server.conf");
     let nats_password = |var: &str| str_of(&nats["environment"][var], var).to_owned();
 
-    // Every other service runs a binary of the image.
-    for name in ["pvesim", "collector", "recommender", "cli"] {
+    // Every other service runs a binary of its image: the production image, or the demo
+    // image (production + pvesim) for the simulator.
+    let demo = image_of("demo");
+    for (name, image, target) in [
+        ("pvesim", "proxbalance-demo:dev", "demo"),
+        ("collector", "proxbalance:dev", "production"),
+        ("recommender", "proxbalance:dev", "production"),
+        ("cli", "proxbalance:dev", "production"),
+    ] {
         let svc = &doc["services"][name];
-        assert_eq!(str_of(&svc["image"], name), "proxbalance:dev");
+        assert_eq!(str_of(&svc["image"], name), image);
         assert_eq!(
             str_of(&svc["build"]["dockerfile"], name),
             "deploy/Dockerfile"
         );
+        assert_eq!(str_of(&svc["build"]["target"], name), target);
         let cmd = command_of(svc);
-        assert!(img.binaries.contains(&cmd[0]), "{name}: {cmd:?}");
+        let binaries = if target == "demo" {
+            &demo.binaries
+        } else {
+            &img.binaries
+        };
+        assert!(binaries.contains(&cmd[0]), "{name}: {cmd:?}");
+    }
+    // Published ports listen on the host's loopback only (the demo's gRPC takes no token).
+    for (name, svc) in services {
+        for port in strings(&svc["ports"]) {
+            assert!(port.starts_with("127.0.0.1:"), "{name:?}: {port}");
+        }
     }
 
     // pvesim plays the demo scenario the image ships, and writes its CA to a shared volume.
@@ -620,8 +846,8 @@ fn compose_runs_the_demo_with_valid_configurations() {
         ]
     );
     assert!(
-        img.etc_files
-            .contains("/etc/proxbalance/demo-scenario.toml")
+        demo.etc_files
+            .contains_key("/etc/proxbalance/demo-scenario.toml")
     );
     let ca_out = arg_after(&cmd, "--ca-out").unwrap();
     let pvesim_mounts = compose_mounts(pvesim);
@@ -673,7 +899,9 @@ fn compose_runs_the_demo_with_valid_configurations() {
         nats_password("COLLECTOR_PASSWORD")
     );
     let metrics_port = port_of(cfg.metrics.listen.as_deref().unwrap());
-    assert!(strings(&collector["ports"]).contains(&format!("{metrics_port}:{metrics_port}")));
+    assert!(
+        strings(&collector["ports"]).contains(&format!("127.0.0.1:{metrics_port}:{metrics_port}"))
+    );
 
     // The recommender: its configuration is mounted; its ports are published.
     let recommender = &doc["services"]["recommender"];
@@ -695,7 +923,10 @@ fn compose_runs_the_demo_with_valid_configurations() {
     let ports = strings(&recommender["ports"]);
     assert_eq!(
         ports,
-        [format!("{grpc}:{grpc}"), format!("{metrics}:{metrics}")]
+        [
+            format!("127.0.0.1:{grpc}:{grpc}"),
+            format!("127.0.0.1:{metrics}:{metrics}")
+        ]
     );
 }
 
@@ -784,7 +1015,7 @@ fn kubernetes_manifests_are_consistent() {
             )
         })
         .collect();
-    assert_eq!(kinds.len(), 8, "{kinds:?}");
+    assert_eq!(kinds.len(), 9, "{kinds:?}");
     let secret = find(&objs, "Secret", "proxbalance");
 
     // ---- collector
@@ -924,6 +1155,38 @@ fn kubernetes_manifests_are_consistent() {
     );
     let pdb = find(&objs, "PodDisruptionBudget", "proxbalance-recommender");
     assert_eq!(pdb["spec"]["minAvailable"].as_u64(), Some(1));
+
+    // gRPC on every interface of the pod: never without a bearer token (mounted from the
+    // Secret) nor without a NetworkPolicy letting only labelled clients reach the gRPC port.
+    let host = rcfg.grpc.listen.rsplit_once(':').unwrap().0;
+    assert!(matches!(host, "0.0.0.0" | "[::]"), "{}", rcfg.grpc.listen);
+    let token = rcfg.grpc.token_file.as_ref().expect("grpc.token_file");
+    assert_eq!(secret_key_at(&objs, pod, c, token), "grpc-token");
+    let np = find(&objs, "NetworkPolicy", "proxbalance-recommender");
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        pod["metadata"]["labels"]["app.kubernetes.io/name"]
+    );
+    assert!(strings(&np["spec"]["policyTypes"]).contains(&"Ingress".to_owned()));
+    let rules = np["spec"]["ingress"].as_sequence().unwrap();
+    let admits_grpc = |rule: &Yaml| {
+        rule["ports"].as_sequence().is_none_or(|ports| {
+            ports
+                .iter()
+                .any(|p| p["port"].as_u64() == Some(u64::from(grpc)))
+        })
+    };
+    let grpc_rules: Vec<&Yaml> = rules.iter().filter(|r| admits_grpc(r)).collect();
+    assert_eq!(grpc_rules.len(), 1, "{rules:?}");
+    let from = grpc_rules[0]["from"].as_sequence().expect("sources");
+    assert!(!from.is_empty());
+    for source in from {
+        assert_eq!(
+            source["podSelector"]["matchLabels"]["proxbalance.io/grpc-client"].as_str(),
+            Some("true"),
+            "{source:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- NATS
@@ -1025,7 +1288,13 @@ fn nats_chart_values_grant_the_permissions_of_the_server_config() {
 /// Metric names registered in the services' source: the first `"name"` literal after each
 /// `counter!(`, `gauge!(` or `histogram!(` (also `describe_*!`).
 fn registered_metrics() -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
+    registered_metrics_by_kind().into_keys().collect()
+}
+
+/// [`registered_metrics`], each with the macro that records it (`counter!(`, `gauge!(`,
+/// `histogram!(`).
+fn registered_metrics_by_kind() -> BTreeMap<String, &'static str> {
+    let mut names = BTreeMap::new();
     // Names declared as `const NAME: &str = "proxbalance_…"`, kept when a macro names the const.
     let mut consts: Vec<(String, String)> = Vec::new();
     let mut sources = String::new();
@@ -1060,7 +1329,7 @@ fn registered_metrics() -> BTreeSet<String> {
                             if let Some(lit) = rest.strip_prefix('"')
                                 && let Some(end) = lit.find('"')
                             {
-                                names.insert(lit[..end].to_owned());
+                                names.insert(lit[..end].to_owned(), mac);
                             }
                         }
                     }
@@ -1070,15 +1339,17 @@ fn registered_metrics() -> BTreeSet<String> {
     }
     let compact: String = sources.split_whitespace().collect();
     for (name, value) in consts {
-        let used = ["counter!(", "gauge!(", "histogram!("].iter().any(|mac| {
-            ["", "metric::"].iter().any(|path| {
-                [',', ')']
-                    .iter()
-                    .any(|end| compact.contains(&format!("{mac}{path}{name}{end}")))
-            })
-        });
-        if used {
-            names.insert(value);
+        let used = ["counter!(", "gauge!(", "histogram!("]
+            .into_iter()
+            .find(|mac| {
+                ["", "metric::"].iter().any(|path| {
+                    [',', ')']
+                        .iter()
+                        .any(|end| compact.contains(&format!("{mac}{path}{name}{end}")))
+                })
+            });
+        if let Some(mac) = used {
+            names.insert(value, mac);
         }
     }
     names
@@ -1149,6 +1420,30 @@ fn grafana_dashboard_queries_only_registered_metrics() {
         assert_eq!(
             metrics.difference(&used).collect::<Vec<_>>(),
             Vec::<&String>::new()
+        );
+    }
+    // Durations are histograms (summaries' quantiles cannot be aggregated across replicas):
+    // no query reads a `quantile` label, and every histogram's percentiles come from its
+    // buckets with histogram_quantile, aggregated by `le`.
+    for q in &queries {
+        assert!(!q.contains("quantile=\""), "a summary quantile in {q:?}");
+    }
+    let histograms: Vec<String> = registered_metrics_by_kind()
+        .into_iter()
+        .filter(|(name, mac)| *mac == "histogram!(" && name.starts_with("proxbalance_"))
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(histograms.len(), 3, "{histograms:?}");
+    for h in &histograms {
+        assert!(
+            h.ends_with("_seconds"),
+            "{h}: the exporter gives _seconds histograms buckets"
+        );
+        let bucket = format!("{h}_bucket");
+        let quantile = queries.iter().find(|q| q.contains(&bucket));
+        assert!(
+            quantile.is_some_and(|q| q.starts_with("histogram_quantile(") && q.contains(" le)")),
+            "{h}: expected histogram_quantile(…, sum by (…, le) (rate({bucket}…))), found {quantile:?}"
         );
     }
     // Every panel queries the data source variable.

@@ -32,6 +32,7 @@ use proxbalance_proto::headers;
 use proxbalance_proto::subjects::{EVENTS_STREAM, HISTORY_STREAM, SNAPSHOTS_STREAM, Subjects};
 use proxbalance_proto::v1::{NodeHistory, NodeSnapshot, OverloadEvent};
 use proxbalance_recommender::Config as RecommenderConfig;
+use proxbalance_runtime::OutMessage;
 use tokio::sync::mpsc;
 
 const COLLECTOR_PASSWORD: &str = "collector-test-secret";
@@ -276,25 +277,36 @@ async fn each_account_gets_exactly_its_rights() {
     .unwrap();
     // Each publish returns only once the stream acknowledged it.
     let snap = snapshot();
+    let message = |subject: String, msg_id: String, message_type, payload: Vec<u8>| OutMessage {
+        stream: if message_type == "proxbalance.v1.NodeHistory" {
+            subjects.history_stream()
+        } else {
+            subjects.snapshots_stream()
+        },
+        subject,
+        msg_id,
+        message_type,
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        content_encoding: None,
+        payload: payload.into(),
+    };
     publisher
-        .publish(
+        .publish(&message(
             subjects.snapshot("demo", "pve6"),
             headers::snapshot_msg_id("demo", "pve6", 7),
             "proxbalance.v1.NodeSnapshot",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             proxbalance_proto::encode(&snap),
-        )
+        ))
         .await
         .unwrap();
     let hist = history();
     publisher
-        .publish(
+        .publish(&message(
             subjects.history("demo", "pve6"),
             headers::history_msg_id("demo", "pve6", hist.collected_at_unix_ms),
             "proxbalance.v1.NodeHistory",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             proxbalance_proto::encode(&hist),
-        )
+        ))
         .await
         .unwrap();
     // Stream look-up on an existing stream also works (a restarted collector).
@@ -327,7 +339,15 @@ async fn each_account_gets_exactly_its_rights() {
     assert_subscribe_refused(
         &collector,
         &mut collector_errors,
-        &["proxbalance.v1.snapshot.>", "proxbalance.v1.event.>", ">"],
+        // Nor another's replies: each service has an inbox prefix of its own.
+        &[
+            "proxbalance.v1.snapshot.>",
+            "proxbalance.v1.event.>",
+            ">",
+            "_INBOX.>",
+            "_INBOX_recommender.>",
+            "_INBOX_events.>",
+        ],
     )
     .await;
 
@@ -396,7 +416,7 @@ async fn each_account_gets_exactly_its_rights() {
             .as_ref()
             .and_then(|h| h.get(headers::MSG_ID))
             .map(|v| v.as_str().to_owned()),
-        Some("demo:pve6:7".to_owned())
+        Some("snapshot:demo:pve6:7".to_owned())
     );
     let got: NodeSnapshot = proxbalance_proto::decode(&msg.payload).unwrap();
     assert_eq!(got, snap);
@@ -451,7 +471,18 @@ async fn each_account_gets_exactly_its_rights() {
         ],
     )
     .await;
-    assert_subscribe_refused(&recommender, &mut recommender_errors, &[">", "other.>"]).await;
+    assert_subscribe_refused(
+        &recommender,
+        &mut recommender_errors,
+        &[
+            ">",
+            "other.>",
+            "_INBOX.>",
+            "_INBOX_collector.>",
+            "_INBOX_events.>",
+        ],
+    )
+    .await;
 
     // ---------------------------------------------------------------- event consumer
     // Live, over core NATS.
@@ -527,6 +558,8 @@ async fn each_account_gets_exactly_its_rights() {
             "proxbalance.v1.snapshot.>",
             "proxbalance.v1.>",
             "_INBOX.>",
+            "_INBOX_collector.>",
+            "_INBOX_recommender.>",
             ">",
         ],
     )
@@ -660,7 +693,8 @@ async fn run_services(
     // before the first cycle: a cycle applied while replaying is recomputed without an event.
     let nc = proxbalance_collector::app::connect_nats(&collector_cfg)
         .await
-        .unwrap();
+        .unwrap()
+        .client;
     Publisher::new(
         nc,
         Subjects::default(),

@@ -12,6 +12,263 @@ use proxbalance_collector::publisher::StreamLimits;
 use proxbalance_e2e::NatsServer;
 use support::{Driver, Recommender, stored_snapshots, until_cycle};
 
+/// nats-server with a 64 KiB `max_payload`, a collector user allowed to publish snapshots and
+/// statuses but not histories, and a cluster whose first node holds 2,500 guests: every cycle
+/// that node's snapshot (about 120 kB gzipped) can never be stored, nor can the histories. The
+/// collector drops them at once (too large: before sending; refused subject: on the server's
+/// error, not after the acknowledgement timeout), counts them, keeps nothing in its retry buffer
+/// and sends the status without the dropped histories, so every cycle completes with the other
+/// nodes. (Before, the first such message was retried forever and the whole cluster queued
+/// behind it: no status, no cycle, NOT_SERVING.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_the_server_can_never_store_are_dropped_and_the_cluster_goes_on() {
+    use proxbalance_collector::cycle::{ClusterCollector, CycleSettings};
+    use proxbalance_collector::publisher::Publisher;
+    use proxbalance_collector::retry::RetryBuffer;
+    use proxbalance_proto::subjects::Subjects;
+    support::log();
+    // The process's recorder: this test reads only its own cluster's (`big`) series from it, so
+    // the other areas' tests running beside it in this binary cannot change what it asserts.
+    let prometheus = proxbalance_e2e::prometheus();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = |name: &str, value: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, value).expect("secret file");
+        path
+    };
+    let (collector_pw, recommender_pw) = (
+        secret("collector", "collector-pw"),
+        secret("recommender", "recommender-pw"),
+    );
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"
+max_payload: 65536
+jetstream {{ store_dir: "{}" }}
+accounts {{
+  PB {{
+    jetstream: enabled
+    users: [
+      {{ user: collector, password: collector-pw, permissions: {{
+          publish: {{ allow: ["proxbalance.v1.snapshot.>", "proxbalance.v1.cluster.>", "$JS.API.>"] }}
+          subscribe: {{ allow: ["_INBOX_collector.>"] }} }} }}
+      {{ user: recommender, password: recommender-pw }}
+    ]
+  }}
+}}
+"#,
+            dir.path().join("store").display()
+        ),
+    )
+    .expect("nats.conf");
+    let nats = NatsServer::start_with_config(&conf, None, &[]).expect("nats-server");
+    let url = nats.url();
+
+    let mut scenario = pvesim::Scenario::generated(3, 2_520, 11);
+    scenario.cluster.name = "big".into();
+    scenario.cluster.acceleration = 0.0;
+    let names: Vec<String> = scenario.nodes.iter().map(|n| n.name.clone()).collect();
+    let big = names[0].clone();
+    for (i, g) in scenario.guests.iter_mut().enumerate() {
+        g.node = if i < 20 {
+            names[1 + i % 2].clone()
+        } else {
+            big.clone()
+        };
+    }
+    proxbalance_collector::app::install_crypto_provider();
+    let sim = pvesim::Simulator::start(scenario, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("pvesim");
+    let client =
+        proxbalance_collector::pve::PveClient::new(proxbalance_collector::pve::PveClientSettings {
+            cluster: "big".into(),
+            endpoints: vec![format!("https://{}", sim.local_addr())],
+            token: proxbalance_collector::pve::ApiToken::new(
+                pvesim::DEFAULT_TOKEN_ID,
+                pvesim::DEFAULT_TOKEN_SECRET,
+            )
+            .expect("token"),
+            tls: proxbalance_collector::pve::TlsVerification::Fingerprints(vec![
+                proxbalance_collector::pve::tls::parse_fingerprint(&sim.fingerprint_sha256())
+                    .expect("fingerprint"),
+            ]),
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
+            max_concurrency: 4,
+        })
+        .expect("pve client");
+    let mut collector = ClusterCollector::new(
+        CycleSettings {
+            cluster: "big".into(),
+            guest_config_ttl: Duration::from_secs(600),
+            guest_config_budget: 16,
+            rrd_refresh: Duration::ZERO,
+            history_interval: Duration::from_secs(3600),
+            use_metrics_export: true,
+        },
+        client,
+    );
+    // The collector connects as the service does, so the server's refusals reach its publisher.
+    let login = |user: &str, password: &std::path::Path| proxbalance_runtime::NatsSettings {
+        url: url.clone(),
+        user: Some(user.into()),
+        password_file: Some(password.to_owned()),
+        ..Default::default()
+    };
+    let connection = proxbalance_runtime::connect_nats(
+        &login("collector", &collector_pw),
+        "proxbalance-collector",
+    )
+    .await
+    .expect("collector logs in");
+    let ack_timeout = Duration::from_secs(5);
+    let publisher = Publisher::new(
+        connection,
+        Subjects::default(),
+        &StreamLimits::default(),
+        ack_timeout,
+    )
+    .await
+    .expect("publisher");
+    let mut config = support::config(&url);
+    config.nats.user = Some("recommender".into());
+    config.nats.password_file = Some(recommender_pw.clone());
+    let rec = Recommender::start_with(config).await;
+    let mut watch = rec.watch("big").await;
+    let mut retry = RetryBuffer::new(10_000);
+
+    for cycle in 0..3 {
+        sim.advance(10.0);
+        let out = collector.collect().await;
+        assert!(out.status.errors.is_empty(), "{:?}", out.status.errors);
+        let big_snapshot = out.snapshots.iter().find(|s| s.node == big).expect("big");
+        assert_eq!(big_snapshot.guests.len(), 2_500);
+        let histories = out.histories.len();
+        assert_eq!(histories, if cycle == 0 { 3 } else { 0 });
+        let started = Instant::now();
+        let report = publisher.publish_cycle_buffered(&out, &mut retry).await;
+        let took = started.elapsed();
+        // Dropped: the big node's snapshot, and the histories (subject refused).
+        assert_eq!(report.refused, 1 + histories, "{report:?}");
+        assert_eq!(
+            report.published,
+            2 + 1,
+            "two snapshots and the status: {report:?}"
+        );
+        assert_eq!((report.failed, report.buffered, report.dropped), (0, 0, 0));
+        assert!(took < ack_timeout, "refusals known at once, took {took:?}");
+        let changed = until_cycle(&mut watch, out.status.cycle).await;
+        assert_eq!(changed.cycle, out.status.cycle);
+    }
+    let text = prometheus.render();
+    let refused = |message: &str, reason: &str| {
+        proxbalance_e2e::metric_sum(
+            &text,
+            &[
+                "proxbalance_collector_publish_refused_total{",
+                "cluster=\"big\"",
+                &format!("message=\"proxbalance.v1.{message}\""),
+                &format!("reason=\"{reason}\""),
+            ],
+        )
+    };
+    assert_eq!(refused("NodeSnapshot", "too_large"), 3);
+    assert_eq!(refused("NodeHistory", "permission"), 3);
+    // The other nodes are served, fresh, every cycle.
+    let state = rec
+        .client
+        .clone()
+        .get_cluster_state(proxbalance_proto::v1::GetClusterStateRequest {
+            cluster: "big".into(),
+        })
+        .await
+        .expect("cluster state")
+        .into_inner();
+    let nodes: BTreeSet<String> = state
+        .nodes
+        .iter()
+        .filter(|n| !n.stale)
+        .filter_map(|n| Some(n.latest.as_ref()?.node.clone()))
+        .collect();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    assert!(!nodes.contains(&big));
+    rec.stop().await;
+    sim.shutdown().await;
+}
+
+/// Node names that read like message kinds (`cluster`, `history`; PVE node names are host names)
+/// and a cluster name with `.`, `:` and `%`: every message keeps an id of its own, so JetStream
+/// stores every status, every cycle completes and the recommendations appear. (With ids of the
+/// form `<cluster>:cluster:<cycle>` the status and the snapshot of the node `cluster` shared
+/// one, JetStream dropped the status as a duplicate, and no cycle ever completed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_read_like_message_kinds_keep_ids_of_their_own() {
+    use proxbalance_proto::subjects::Subjects;
+    support::log();
+    let nats = NatsServer::start().expect("nats-server");
+    let url = nats.url();
+    let cluster = "eu.west:1%";
+    let renamed = support::DEMO
+        .replace("\"pve1\"", "\"cluster\"")
+        .replace("\"pve2\"", "\"history\"");
+    let sim = support::scenario_sim(&renamed, cluster).await;
+    let client = support::pve_client(
+        cluster,
+        vec![format!("https://{}", sim.local_addr())],
+        &sim,
+        Duration::from_secs(10),
+    );
+    let mut driver = Driver::with_client(
+        cluster,
+        sim,
+        client,
+        &url,
+        &StreamLimits::default(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let rec = Recommender::start(&url).await;
+    let mut watch = rec.watch(cluster).await;
+    for _ in 0..2 {
+        let (out, report) = driver.cycle(10.0).await;
+        assert!(out.status.errors.is_empty(), "{:?}", out.status.errors);
+        let nodes: BTreeSet<&str> = out.snapshots.iter().map(|s| s.node.as_str()).collect();
+        assert!(nodes.is_superset(&BTreeSet::from(["cluster", "history"])));
+        assert_eq!((report.failed, report.dropped), (0, 0), "{report:?}");
+    }
+    // The status of the last cycle is what the stream holds last on its subject.
+    let js = async_nats::jetstream::new(driver.nats.clone());
+    let subjects = Subjects::default();
+    let stored = js
+        .get_stream(subjects.snapshots_stream())
+        .await
+        .expect("snapshot stream")
+        .get_last_raw_message_by_subject(&subjects.cluster_status(cluster))
+        .await
+        .expect("the cluster status is stored");
+    let status = proxbalance_proto::codec::decode_cluster_status(&proxbalance_e2e::payload_of(
+        Some(&stored.headers),
+        &stored.payload,
+    ))
+    .expect("status");
+    assert_eq!(status.cycle, driver.last_cycle);
+    let changed = until_cycle(&mut watch, driver.last_cycle).await;
+    assert_eq!(changed.cycle, driver.last_cycle);
+    let set = rec.recommendations(cluster).await;
+    assert_eq!(set.cluster, cluster);
+    assert!(!set.recommendations.is_empty(), "{set:?}");
+    assert_eq!(
+        stored_snapshots(&url).await.len(),
+        driver.snapshots_built,
+        "every snapshot stored"
+    );
+    rec.stop().await;
+    driver.sim.shutdown().await;
+}
+
 const OUTAGE: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,7 +50,8 @@ fn ca_line(path: &Path) -> String {
 async fn both_connect(url: &str, nats: &str) {
     let c = proxbalance_collector::app::connect_nats(&collector(url, nats))
         .await
-        .unwrap();
+        .unwrap()
+        .client;
     let ack = async_nats::jetstream::new(c.clone())
         .get_or_create_stream(async_nats::jetstream::stream::Config {
             name: "TLS_CHECK".into(),

@@ -51,9 +51,9 @@ impl Stack {
             cluster: "demo".into(),
             endpoints: vec![format!("https://{}", sim.local_addr())],
             token: ApiToken::new(TOKEN_ID, TOKEN_SECRET).expect("token"),
-            tls: TlsVerification::Fingerprint(
+            tls: TlsVerification::Fingerprints(vec![
                 parse_fingerprint(&sim.fingerprint_sha256()).expect("fingerprint"),
-            ),
+            ]),
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             max_concurrency: 4,

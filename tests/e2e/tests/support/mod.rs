@@ -24,8 +24,13 @@ pub const WAIT: Duration = Duration::from_secs(60);
 
 /// pvesim with the demo scenario (7 nodes) on a manual clock.
 pub async fn demo_sim(cluster: &str) -> RunningSim {
+    scenario_sim(DEMO, cluster).await
+}
+
+/// pvesim playing the scenario `toml` on a manual clock, its cluster named `cluster`.
+pub async fn scenario_sim(toml: &str, cluster: &str) -> RunningSim {
     proxbalance_collector::app::install_crypto_provider();
-    let mut scenario = Scenario::from_toml_str(DEMO).expect("demo scenario");
+    let mut scenario = Scenario::from_toml_str(toml).expect("scenario");
     scenario.cluster.acceleration = 0.0;
     scenario.cluster.name = cluster.to_owned();
     Simulator::start(scenario, "127.0.0.1:0".parse().expect("addr"))
@@ -33,7 +38,8 @@ pub async fn demo_sim(cluster: &str) -> RunningSim {
         .expect("pvesim")
 }
 
-/// A PVE client for `sim`'s endpoints (in order), with the given request timeout.
+/// A PVE client for `sim`'s endpoints (in order), with the given request timeout, pinned to
+/// every node's certificate (each endpoint presents its node's own).
 pub fn pve_client(
     cluster: &str,
     endpoints: Vec<String>,
@@ -44,8 +50,11 @@ pub fn pve_client(
         cluster: cluster.into(),
         endpoints,
         token: ApiToken::new(TOKEN_ID, TOKEN_SECRET).expect("token"),
-        tls: TlsVerification::Fingerprint(
-            parse_fingerprint(&sim.fingerprint_sha256()).expect("fingerprint"),
+        tls: TlsVerification::Fingerprints(
+            sim.fingerprints()
+                .iter()
+                .map(|f| parse_fingerprint(f).expect("fingerprint"))
+                .collect(),
         ),
         request_timeout: timeout,
         connect_timeout: Duration::from_secs(2),
@@ -343,7 +352,8 @@ pub async fn stored_snapshots(nats_url: &str) -> Vec<(String, u64)> {
     tokio::time::timeout(WAIT, async {
         loop {
             let msg = messages.next().await.expect("open").expect("message");
-            let s = proxbalance_proto::codec::decode_snapshot(&msg.payload).expect("snapshot");
+            let payload = proxbalance_e2e::payload_of(msg.headers.as_ref(), &msg.payload);
+            let s = proxbalance_proto::codec::decode_snapshot(&payload).expect("snapshot");
             out.push((s.node, s.cycle));
             if msg.info().expect("info").pending == 0 {
                 break;
