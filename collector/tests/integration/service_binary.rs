@@ -12,6 +12,10 @@ use proxbalance_e2e::NatsServer;
 const BIN: &str = env!("CARGO_BIN_EXE_proxbalance-collector");
 
 #[test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "the binaries read PROXBALANCE_DEBUG_PANIC_TASK only in debug builds"
+)]
 fn a_panicking_cluster_task_makes_the_process_exit_with_an_error() {
     let nats = NatsServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();

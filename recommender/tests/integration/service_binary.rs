@@ -83,6 +83,10 @@ fn sigterm_stops_the_service_gracefully() {
 /// so that systemd or Kubernetes restarts it. Before, the task ended and the process lived on,
 /// still answering gRPC, with nothing ingested any more.
 #[test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "the binaries read PROXBALANCE_DEBUG_PANIC_TASK only in debug builds"
+)]
 fn a_panicking_task_makes_the_process_exit_with_an_error() {
     let nats = NatsServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
