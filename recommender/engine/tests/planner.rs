@@ -471,46 +471,6 @@ fn iowait_relief_moves_only_what_the_reduction_needs() {
 }
 
 #[test]
-fn maintenance_moves_everything_a_gate_lets_go() {
-    let v = with(
-        view_json(
-            vec![
-                node("m", 16, 128.0, 20.0, 30.0, 1.0),
-                node("a", 16, 128.0, 20.0, 30.0, 1.0),
-                node("b", 16, 128.0, 25.0, 30.0, 1.0),
-            ],
-            vec![
-                with(guest(1, "m", 5.0, 2, 2.0, 4.0), "tags", json!(["ignore"])),
-                with(guest(2, "m", 5.0, 2, 2.0, 4.0), "passthrough", json!(true)),
-                with(guest(3, "m", 0.0, 2, 0.0, 4.0), "status", json!("stopped")),
-                with(guest(4, "m", 5.0, 2, 2.0, 4.0), "ha_managed", json!(true)),
-                guest(5, "a", 5.0, 2, 2.0, 4.0),
-            ],
-        ),
-        "maintenance_nodes",
-        json!(["m"]),
-    );
-    let set = plan(&cluster(&v), None);
-    let mut moved: Vec<u32> = set.recommendations.iter().map(|r| r.vmid).collect();
-    moved.sort();
-    assert_eq!(moved, [1, 3, 4]);
-    assert!(
-        set.recommendations
-            .iter()
-            .all(|r| r.term == MoveTerm::Maintenance)
-    );
-    let skipped: Vec<_> = set.skipped.iter().map(|s| (s.vmid, s.reason)).collect();
-    assert_eq!(
-        skipped,
-        [
-            (2, SkipReason::PassthroughDisk),
-            (5, SkipReason::InsufficientImprovement)
-        ]
-    );
-    assert_eq!(set.summary.urgency, proxbalance_engine::Urgency::High);
-}
-
-#[test]
 fn anti_affinity_violations_are_repaired_or_reported() {
     let db = |g: Value| with(g, "tags", json!(["plb_anti_affinity_db"]));
     let v = view_json(

@@ -5,12 +5,11 @@
 
 use std::path::Path;
 
-use clap::Parser;
+use crate::support::cli;
 use proxbalance_e2e::NatsServer;
 use proxbalance_e2e::pki::TestPki;
 use proxbalance_proto::v1 as pb;
 use proxbalance_proto::v1::recommender_client::RecommenderClient;
-use proxbalance_recommender::cli::{Cli, CliError};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -137,15 +136,6 @@ async fn refused(
     }
 }
 
-/// Runs the CLI (it has its own runtime, so off the test's).
-async fn cli(args: Vec<String>) -> Result<String, CliError> {
-    tokio::task::spawn_blocking(move || {
-        proxbalance_recommender::cli::run(Cli::try_parse_from(args).unwrap())
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn bearer_token_refuses_missing_and_wrong_tokens() {
     let dir = tempfile::tempdir().unwrap();
@@ -191,26 +181,14 @@ async fn bearer_token_refuses_missing_and_wrong_tokens() {
 
     // The CLI: token from --token-file passes; without a token it is refused.
     let server = format!("127.0.0.1:{}", run.port);
-    let args = |extra: &[&str]| {
-        let mut v: Vec<String> = [
-            "proxbalance",
-            "state",
-            "--server",
-            &server,
-            "--cluster",
-            "nope",
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        v.extend(extra.iter().map(|s| (*s).to_owned()));
-        v
-    };
-    let err = cli(args(&["--token-file", token_file.to_str().unwrap()]))
+    let base = ["state", "--server", &server, "--cluster", "nope"];
+    let token_path = token_file.to_str().unwrap();
+    let err = cli(&[&base[..], &["--token-file", token_path]].concat())
         .await
         .unwrap_err();
     // Past authentication: the recommender itself answers that it has no data for the cluster.
     assert_eq!(err.to_string(), NO_DATA);
-    let err = cli(args(&[])).await.unwrap_err().to_string();
+    let err = cli(&base).await.unwrap_err().to_string();
     assert_eq!(err, "recommender: Unauthenticated: missing bearer token");
     run.stop().await;
 }
@@ -248,8 +226,7 @@ async fn tls_serves_only_tls_clients_that_trust_its_ca() {
 
     // The CLI with --ca.
     let server = format!("127.0.0.1:{}", run.port);
-    let err = cli([
-        "proxbalance",
+    let err = cli(&[
         "state",
         "--server",
         &server,
@@ -257,9 +234,7 @@ async fn tls_serves_only_tls_clients_that_trust_its_ca() {
         "nope",
         "--ca",
         pki.ca.to_str().unwrap(),
-    ]
-    .map(str::to_owned)
-    .to_vec())
+    ])
     .await
     .unwrap_err();
     assert_eq!(err.to_string(), NO_DATA);
@@ -319,7 +294,6 @@ async fn mutual_tls_refuses_clients_without_a_certificate_of_its_ca() {
     // The CLI with --ca, --cert, --key and --token-file.
     let server = format!("127.0.0.1:{}", run.port);
     let base = [
-        "proxbalance",
         "state",
         "--server",
         &server,
@@ -330,20 +304,16 @@ async fn mutual_tls_refuses_clients_without_a_certificate_of_its_ca() {
         "--token-file",
         token_file.to_str().unwrap(),
     ];
-    let mut args: Vec<String> = base.map(str::to_owned).to_vec();
-    args.extend(
-        [
-            "--cert",
-            pki.client_cert.to_str().unwrap(),
-            "--key",
-            pki.client_key.to_str().unwrap(),
-        ]
-        .map(str::to_owned),
-    );
-    let err = cli(args).await.unwrap_err();
+    let client = [
+        "--cert",
+        pki.client_cert.to_str().unwrap(),
+        "--key",
+        pki.client_key.to_str().unwrap(),
+    ];
+    let err = cli(&[&base[..], &client[..]].concat()).await.unwrap_err();
     assert_eq!(err.to_string(), NO_DATA);
     // Without --cert/--key the server ends the handshake.
-    let err = cli(base.map(str::to_owned).to_vec()).await.unwrap_err();
+    let err = cli(&base).await.unwrap_err();
     let err = err.to_string();
     assert!(
         err == "recommender: Unknown: transport error"

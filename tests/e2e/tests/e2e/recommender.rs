@@ -557,53 +557,17 @@ async fn demo_scenarios_yield_the_expected_recommendations_and_events() {
     // The CLI against the service: `recommendations --format json` prints what `plan --format
     // json` prints for the same set.
     let server = format!("http://{}", rec.service.grpc_addr());
-    let cli = |args: Vec<String>| {
-        tokio::task::spawn_blocking(move || {
-            use clap::Parser as _;
-            let mut argv = vec!["proxbalance".to_owned()];
-            argv.extend(args);
-            proxbalance_recommender::cli::run(proxbalance_recommender::cli::Cli::parse_from(argv))
-        })
-    };
-    let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-    let json = cli(args(&[
-        "recommendations",
-        "--server",
-        &server,
-        "--cluster",
-        "demo",
-        "--format",
-        "json",
-    ]))
-    .await
-    .expect("cli task")
-    .expect("cli ok");
+    let at = ["--server", &server, "--cluster", "demo"];
+    let cli = |args: &[&str]| crate::support::cli(&[args, &at[..]].concat());
+    let json = cli(&["recommendations", "--format", "json"])
+        .await
+        .expect("cli ok");
     let mut expected = serde_json::to_string_pretty(&set).expect("json");
     expected.push('\n');
     assert_eq!(json, expected);
-    let table = cli(args(&[
-        "recommendations",
-        "--server",
-        &server,
-        "--cluster",
-        "demo",
-    ]))
-    .await
-    .expect("cli task")
-    .expect("cli ok");
+    let table = cli(&["recommendations"]).await.expect("cli ok");
     assert_eq!(table, proxbalance_recommender::cli::render_plan(&set));
-    let state_json = cli(args(&[
-        "state",
-        "--server",
-        &server,
-        "--cluster",
-        "demo",
-        "--format",
-        "json",
-    ]))
-    .await
-    .expect("cli task")
-    .expect("cli ok");
+    let state_json = cli(&["state", "--format", "json"]).await.expect("cli ok");
     let v: serde_json::Value = serde_json::from_str(&state_json).expect("state json");
     assert_eq!(v["nodes"].as_array().map(Vec::len), Some(7));
     // The collector's clock skew against NATS (same host: well under a second, the collection
@@ -618,29 +582,11 @@ async fn demo_scenarios_yield_the_expected_recommendations_and_events() {
             .all(|n| n["missed_cycle"] == serde_json::json!(false)),
         "{v}"
     );
-    let options_table = cli(args(&[
-        "options",
-        "--server",
-        &server,
-        "--cluster",
-        "demo",
-        "--vmid",
-        "601",
-    ]))
-    .await
-    .expect("cli task")
-    .expect("cli ok");
+    let options_table = cli(&["options", "--vmid", "601"]).await.expect("cli ok");
     assert!(options_table.contains("pve1  no"), "{options_table}");
-    let err = cli(args(&[
-        "recommendations",
-        "--server",
-        &server,
-        "--cluster",
-        "nope",
-    ]))
-    .await
-    .expect("cli task")
-    .unwrap_err();
+    let err = crate::support::cli(&["recommendations", "--server", &server, "--cluster", "nope"])
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, proxbalance_recommender::cli::CliError::Input(_)),
         "{err}"

@@ -427,3 +427,22 @@ impl Live {
         out
     }
 }
+
+/// Runs the `proxbalance` CLI with `args` (after the program name); off the test's runtime,
+/// since the CLI starts its own. The arguments are copied at once: the future borrows nothing.
+pub fn cli(
+    args: &[&str],
+) -> impl Future<Output = Result<String, proxbalance_recommender::cli::CliError>> + use<> {
+    use clap::Parser as _;
+    let argv: Vec<String> = std::iter::once("proxbalance")
+        .chain(args.iter().copied())
+        .map(str::to_owned)
+        .collect();
+    async move {
+        tokio::task::spawn_blocking(move || {
+            proxbalance_recommender::cli::run(proxbalance_recommender::cli::Cli::parse_from(argv))
+        })
+        .await
+        .expect("cli task")
+    }
+}
