@@ -1,5 +1,6 @@
 //! `plan` on generated clusters, 8 nodes / 200 guests, 64 / 4,000 and 256 / 20,000, with the
-//! cluster planner (the default) and the reference generator.
+//! cluster planner (the default), the reference generator, and the cluster planner on the same
+//! clusters with placement rules.
 //!
 //! `cargo bench -p proxbalance-engine --bench plan`; the figures go to BENCHMARKS.md.
 
@@ -7,24 +8,36 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use proxbalance_engine::synthetic::cluster_view;
-use proxbalance_engine::{Cluster, PlannerKind, migration_options, plan};
+use proxbalance_engine::synthetic::{cluster_view, cluster_view_with_rules};
+use proxbalance_engine::{Cluster, ClusterView, PlannerKind, migration_options, plan};
+
+/// A generated view: `(nodes, guests, seed)` → view.
+type Generator = fn(usize, usize, u64) -> ClusterView;
 
 fn sizes(c: &mut Criterion) {
-    for planner in [PlannerKind::Cluster, PlannerKind::Reference] {
-        let mut group = c.benchmark_group(format!("plan/{}", planner.as_str()));
+    let variants: [(&str, PlannerKind, Generator); 3] = [
+        ("cluster", PlannerKind::Cluster, cluster_view),
+        ("reference", PlannerKind::Reference, cluster_view),
+        // pools, HA rules, pins and reserves on the same clusters
+        (
+            "cluster+rules",
+            PlannerKind::Cluster,
+            cluster_view_with_rules,
+        ),
+    ];
+    for (label, planner, generate) in variants {
+        let mut group = c.benchmark_group(format!("plan/{label}"));
         group
             .sample_size(10)
             .measurement_time(Duration::from_secs(5));
         for (nodes, guests) in [(8usize, 200usize), (64, 4_000), (256, 20_000)] {
-            let mut cluster: Cluster = cluster_view(nodes, guests, 42)
+            let mut cluster: Cluster = generate(nodes, guests, 42)
                 .validate()
                 .expect("valid synthetic cluster");
             cluster.config.planner = planner;
             let set = plan(&cluster, None);
             eprintln!(
-                "{} {nodes} nodes / {guests} guests: {} moves, {} unresolved",
-                planner.as_str(),
+                "{label} {nodes} nodes / {guests} guests: {} moves, {} unresolved",
                 set.recommendations.len(),
                 set.unresolved.len()
             );

@@ -137,6 +137,12 @@ impl TargetGate {
             TargetGate::SplitsGroup => "would leave a guest of its strict affinity rule behind",
         }
     }
+
+    /// Whether the gate judges the move's source rather than its target: it then refuses every
+    /// target alike, and a caller trying many targets can settle it once.
+    pub fn judges_source(self) -> bool {
+        matches!(self, TargetGate::EmptiesSource | TargetGate::SplitsGroup)
+    }
 }
 
 /// The seed's target gates (docs/engine.md §5), in the order they are checked and reported.

@@ -6,7 +6,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use crate::gates::{PLANNER_TARGET_GATES, TargetGate, TargetState, first_refusal};
+use crate::gates::{PLANNER_TARGET_GATES, TargetGate, first_refusal};
 use crate::rules::RuleKind;
 use crate::score::{NodeLoad, ScoreDetails};
 use crate::set::{MoveTerm, ObjectiveGain, SkipReason, Unresolved};
@@ -751,18 +751,24 @@ impl<'a> Search<'a> {
     ) -> Option<(usize, ObjectiveGain)> {
         let demand = u.demand();
         // the gates about the source refuse every target alike: settle them once
-        if (gates.contains(&TargetGate::EmptiesSource) && self.sim.empties_source(&demand))
-            || (gates.contains(&TargetGate::SplitsGroup) && self.sim.splits_group(&demand))
+        if gates
+            .iter()
+            .any(|g| g.judges_source() && g.refuses(&self.sim, &demand, u.node))
         {
             return None;
         }
+        let by_target = |t: usize| {
+            gates
+                .iter()
+                .any(|g| !g.judges_source() && g.refuses(&self.sim, &demand, t))
+        };
         let a = self.source_gain(u, src, bounder);
         let cost = self.w.cost(u.contribution.mem_max_gb);
         let drop = self.drop_of(u, src);
         let mut bounds: Vec<(f64, usize)> = self
             .eligible
             .iter()
-            .filter(|&&t| t != u.node && first_refusal(gates, &self.sim, &demand, t).is_none())
+            .filter(|&&t| t != u.node && !by_target(t))
             .map(|&t| {
                 let target = bounder.target(
                     &self.w,
