@@ -937,7 +937,13 @@ fn guest_status(sim: &Sim, g: usize, now: f64, full: bool) -> Value {
     }
     if full {
         let ha = match sim.ha_state(g) {
-            Some(state) => json!({"managed": 1, "state": state}),
+            Some(state) => {
+                let mut ha = json!({"managed": 1, "state": state});
+                if let Some(group) = sim.ha_group(g) {
+                    ha["group"] = json!(group);
+                }
+                ha
+            }
             None => json!({"managed": 0}),
         };
         r.insert("ha".into(), ha);
@@ -1684,9 +1690,10 @@ fn cluster_status(sim: &Sim, local: usize, now: f64) -> Value {
 }
 
 fn cluster_options(sim: &Sim) -> Value {
-    let mut crs = json!({"ha": sim.scenario.cluster.crs_ha, "ha-rebalance-on-start": 0});
+    let c = &sim.scenario.cluster;
+    let mut crs = json!({"ha": c.crs_ha, "ha-rebalance-on-start": 0});
     if sim.version_tuple() >= (9, 2, 0) {
-        crs["ha-auto-rebalance"] = json!(0);
+        crs["ha-auto-rebalance"] = json!(u8::from(c.crs_auto_rebalance));
     }
     json!({"keyboard": "en-us", "migration": {"type": "secure"}, "ha": {"shutdown_policy": "conditional"},
         "crs": crs, "description": format!("pvesim cluster {}", sim.scenario.cluster.name)})
@@ -1843,8 +1850,12 @@ fn ha_resources(sim: &Sim, ty: Option<&str>) -> Value {
             if ty.is_some_and(|x| x != t) {
                 return None;
             }
-            Some(json!({"sid": sim.sid(g), "type": t, "state": state,
-                "digest": format!("{:016x}", hash_str(&sim.sid(g)))}))
+            let mut row = json!({"sid": sim.sid(g), "type": t, "state": state,
+                "digest": format!("{:016x}", hash_str(&sim.sid(g)))});
+            if let Some(group) = sim.ha_group(g) {
+                row["group"] = json!(group);
+            }
+            Some(row)
         })
         .collect();
     Value::Array(rows)
@@ -1976,8 +1987,9 @@ fn ha_rules(sim: &Sim, ty: Option<&str>, resource: Option<&str>) -> Value {
             .filter(|(_, r)| ty.is_none_or(|t| t == r.kind))
             .filter(|(_, r)| resource.is_none_or(|x| r.resources.split(',').any(|s| s == x)))
             .map(|(i, r)| {
-                let mut v = json!({"rule": r.rule, "type": r.kind, "resources": r.resources, "disable": 0,
-                    "order": i + 1, "digest": format!("{:016x}", hash_str(&r.rule))});
+                let mut v = json!({"rule": r.rule, "type": r.kind, "resources": r.resources,
+                    "disable": u8::from(r.disable), "order": i + 1,
+                    "digest": format!("{:016x}", hash_str(&r.rule))});
                 if let Some(a) = &r.affinity {
                     v["affinity"] = json!(a);
                 }
@@ -1999,7 +2011,8 @@ fn ha_groups(sim: &Sim) -> Value {
             .filter(|r| r.kind == "node-affinity")
             .map(|r| {
                 json!({"group": r.rule, "type": "group", "nodes": r.nodes.clone().unwrap_or_default(),
-                    "restricted": u8::from(r.strict), "nofailback": 0, "digest": format!("{:016x}", hash_str(&r.rule))})
+                    "restricted": u8::from(r.strict), "nofailback": u8::from(r.nofailback),
+                    "digest": format!("{:016x}", hash_str(&r.rule))})
             })
             .collect(),
     )

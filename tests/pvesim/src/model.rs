@@ -276,13 +276,7 @@ impl Sim {
 
     /// `(major, minor, patch)` of the configured version.
     pub fn version_tuple(&self) -> (u32, u32, u32) {
-        let v = self.scenario.version();
-        let mut it = v.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
-        (
-            it.next().unwrap_or(0),
-            it.next().unwrap_or(0),
-            it.next().unwrap_or(0),
-        )
+        crate::scenario::version_tuple(&self.scenario.version())
     }
 
     pub fn node_online_at(&self, n: usize, t: f64) -> bool {
@@ -598,6 +592,20 @@ impl Sim {
             "enabled" => "started".to_string(),
             other => other.to_string(),
         })
+    }
+
+    /// The HA group of a guest on PVE 8: the node-affinity rule naming its HA resource (the
+    /// scenario allows one per resource there). `None` on PVE 9, where groups became rules.
+    pub fn ha_group(&self, g: usize) -> Option<&str> {
+        if self.pve9() {
+            return None;
+        }
+        let sid = self.sid(g);
+        self.scenario
+            .ha_rules
+            .iter()
+            .find(|r| r.kind == "node-affinity" && r.resource_ids().any(|s| s == sid))
+            .map(|r| r.rule.as_str())
     }
 
     /// Pool name → member guests.

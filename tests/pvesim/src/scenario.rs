@@ -113,7 +113,10 @@ pub struct Scenario {
     /// The virtual machines and containers.
     #[serde(default)]
     pub guests: Vec<GuestSpec>,
-    /// HA rules served by `/cluster/ha/rules` (PVE 9) or turned into groups (PVE 8).
+    /// HA placement rules, written in PVE 9's form: PVE 9 serves them at `/cluster/ha/rules`;
+    /// PVE 8 serves each node-affinity rule as an HA group of the same name at
+    /// `/cluster/ha/groups` (`strict` → `restricted`), named by its resources' `group` in
+    /// `/cluster/ha/resources` (PVE 8 has no resource-affinity rules).
     #[serde(default)]
     pub ha_rules: Vec<HaRuleSpec>,
 }
@@ -145,9 +148,13 @@ pub struct ClusterSpec {
     /// Delay before a 401 answer in milliseconds (real PVE waits 3000).
     #[serde(default)]
     pub auth_failure_delay_ms: u64,
-    /// `crs.ha` of `/cluster/options` (`basic`, `static`, `dynamic`).
+    /// `crs.ha` of `/cluster/options` (`basic`, `static`, `dynamic`; `dynamic` from PVE 9.2).
     #[serde(default = "default_crs")]
     pub crs_ha: String,
+    /// `crs.ha-auto-rebalance` of `/cluster/options`: PVE balances HA resources itself
+    /// (PVE 9.2 on; the key is absent before).
+    #[serde(default)]
+    pub crs_auto_rebalance: bool,
 }
 
 fn default_seed() -> u64 {
@@ -391,16 +398,16 @@ fn default_disk_gb() -> f64 {
     32.0
 }
 
-/// An HA rule (PVE 9 form).
+/// An HA rule (PVE 9 form; see [`Scenario::ha_rules`] for PVE 8).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HaRuleSpec {
-    /// Rule id.
+    /// Rule id (PVE 8: the group name).
     pub rule: String,
     /// `node-affinity` or `resource-affinity`.
     #[serde(rename = "type")]
     pub kind: String,
-    /// Comma-separated HA resource ids (`vm:101,ct:102`).
+    /// Comma-separated HA resource ids (`vm:101,ct:102`) of HA-managed guests.
     pub resources: String,
     /// `positive` or `negative` (resource-affinity).
     #[serde(default)]
@@ -408,9 +415,25 @@ pub struct HaRuleSpec {
     /// `node[:prio],...` (node-affinity).
     #[serde(default)]
     pub nodes: Option<String>,
-    /// Strict node affinity.
+    /// Strict node affinity (PVE 8: the group's `restricted`).
     #[serde(default)]
     pub strict: bool,
+    /// `disable` (PVE 9): the rule is listed but not in force.
+    #[serde(default)]
+    pub disable: bool,
+    /// `nofailback` of the group (PVE 8 only; PVE 9 moved it to the resources).
+    #[serde(default)]
+    pub nofailback: bool,
+}
+
+impl HaRuleSpec {
+    /// The HA resource ids of `resources`.
+    pub fn resource_ids(&self) -> impl Iterator<Item = &str> {
+        self.resources
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    }
 }
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
@@ -491,6 +514,22 @@ impl Scenario {
             return Err(invalid(
                 "cluster.crs_ha",
                 "must be basic, static or dynamic",
+            ));
+        }
+        let pve_9_2 = c.flavour == Flavour::Pve9 && version_tuple(&self.version()) >= (9, 2, 0);
+        if c.crs_ha == "dynamic" && !pve_9_2 {
+            return Err(invalid(
+                "cluster.crs_ha",
+                format!(
+                    "dynamic needs PVE 9.2 or later (version {})",
+                    self.version()
+                ),
+            ));
+        }
+        if c.crs_auto_rebalance && !pve_9_2 {
+            return Err(invalid(
+                "cluster.crs_auto_rebalance",
+                format!("needs PVE 9.2 or later (version {})", self.version()),
             ));
         }
         for (i, t) in self.tokens.iter().enumerate() {
@@ -686,25 +725,152 @@ impl Scenario {
                 ));
             }
         }
+        self.validate_ha_rules()?;
+        Ok(())
+    }
+
+    /// HA rules as PVE refuses them: unknown or unmanaged resources, unknown nodes, keys of the
+    /// other rule type; on PVE 8 also what groups cannot express.
+    fn validate_ha_rules(&self) -> Result<(), ScenarioError> {
+        let pve8 = self.cluster.flavour == Flavour::Pve8;
+        let mut ids = BTreeSet::new();
+        let mut grouped: BTreeMap<&str, &str> = BTreeMap::new();
         for (i, r) in self.ha_rules.iter().enumerate() {
             let f = format!("ha_rules[{i}]");
-            if r.kind != "node-affinity" && r.kind != "resource-affinity" {
+            let id_ok = r
+                .rule
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic())
+                && r.rule
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !id_ok {
                 return Err(invalid(
-                    format!("{f}.type"),
-                    "must be node-affinity or resource-affinity",
+                    format!("{f}.rule"),
+                    "must start with a letter and hold letters, digits, '-', '_' or '.'",
                 ));
             }
-            for sid in r.resources.split(',') {
-                let ok = sid
-                    .split_once(':')
-                    .and_then(|(t, id)| id.parse::<u32>().ok().map(|id| (t, id)))
-                    .is_some_and(|(t, id)| (t == "vm" || t == "ct") && vmids.contains(&id));
-                if !ok {
+            if !ids.insert(r.rule.as_str()) {
+                return Err(invalid(
+                    format!("{f}.rule"),
+                    format!("duplicate rule '{}'", r.rule),
+                ));
+            }
+            if r.resource_ids().next().is_none() {
+                return Err(invalid(format!("{f}.resources"), "must name a resource"));
+            }
+            for sid in r.resource_ids() {
+                let guest = sid.split_once(':').and_then(|(t, id)| {
+                    let id = id.parse::<u32>().ok()?;
+                    self.guests.iter().find(|g| {
+                        g.vmid == id
+                            && matches!(
+                                (t, g.kind),
+                                ("vm", GuestKind::Qemu) | ("ct", GuestKind::Lxc)
+                            )
+                    })
+                });
+                match guest {
+                    None => {
+                        return Err(invalid(
+                            format!("{f}.resources"),
+                            format!("unknown HA resource '{sid}'"),
+                        ));
+                    }
+                    Some(g) if g.ha.is_none() => {
+                        return Err(invalid(
+                            format!("{f}.resources"),
+                            format!("'{sid}' is not HA-managed (give the guest `ha`)"),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+            match r.kind.as_str() {
+                "node-affinity" => {
+                    let Some(nodes) = r.nodes.as_deref() else {
+                        return Err(invalid(
+                            format!("{f}.nodes"),
+                            "a node-affinity rule needs nodes",
+                        ));
+                    };
+                    if r.affinity.is_some() {
+                        return Err(invalid(
+                            format!("{f}.affinity"),
+                            "only resource-affinity rules have an affinity",
+                        ));
+                    }
+                    for entry in nodes.split(',') {
+                        let (name, prio) = match entry.trim().split_once(':') {
+                            Some((n, p)) => (n, Some(p)),
+                            None => (entry.trim(), None),
+                        };
+                        if !self.nodes.iter().any(|n| n.name == name) {
+                            return Err(invalid(
+                                format!("{f}.nodes"),
+                                format!("unknown node '{name}'"),
+                            ));
+                        }
+                        if prio.is_some_and(|p| p.parse::<u32>().map_or(true, |p| p > 1000)) {
+                            return Err(invalid(
+                                format!("{f}.nodes"),
+                                format!("'{entry}': the priority must be 0–1000"),
+                            ));
+                        }
+                    }
+                    if pve8 {
+                        for sid in r.resource_ids() {
+                            if let Some(other) = grouped.insert(sid, r.rule.as_str()) {
+                                return Err(invalid(
+                                    format!("{f}.resources"),
+                                    format!(
+                                        "'{sid}' is already in group '{other}' (a PVE 8 HA \
+                                         resource has one group)"
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                }
+                "resource-affinity" => {
+                    if pve8 {
+                        return Err(invalid(
+                            format!("{f}.type"),
+                            "PVE 8 has no resource-affinity rules (HA groups only)",
+                        ));
+                    }
+                    if !matches!(r.affinity.as_deref(), Some("positive" | "negative")) {
+                        return Err(invalid(
+                            format!("{f}.affinity"),
+                            "must be positive or negative",
+                        ));
+                    }
+                    if r.nodes.is_some() || r.strict {
+                        return Err(invalid(
+                            format!("{f}.nodes"),
+                            "only node-affinity rules have nodes and strict",
+                        ));
+                    }
+                }
+                _ => {
                     return Err(invalid(
-                        format!("{f}.resources"),
-                        format!("unknown HA resource '{sid}'"),
+                        format!("{f}.type"),
+                        "must be node-affinity or resource-affinity",
                     ));
                 }
+            }
+            if pve8 && r.disable {
+                return Err(invalid(
+                    format!("{f}.disable"),
+                    "PVE 8 HA groups cannot be disabled",
+                ));
+            }
+            if !pve8 && r.nofailback {
+                return Err(invalid(
+                    format!("{f}.nofailback"),
+                    "a PVE 8 group option (PVE 9 sets failback per resource)",
+                ));
             }
         }
         Ok(())
@@ -867,6 +1033,7 @@ impl Scenario {
                 migration_mib_s: default_migration_bw(),
                 auth_failure_delay_ms: 0,
                 crs_ha: default_crs(),
+                crs_auto_rebalance: false,
             },
             tokens: vec![TokenSpec {
                 id: DEFAULT_TOKEN_ID.into(),
@@ -887,6 +1054,18 @@ impl Scenario {
             .map(|n| (n.name.clone(), self.committed_mem_bytes(&n.name)))
             .collect()
     }
+}
+
+/// `(major, minor, patch)` of a version string such as `9.2.1` (missing parts are 0).
+pub fn version_tuple(version: &str) -> (u32, u32, u32) {
+    let mut it = version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+    )
 }
 
 /// GiB (possibly fractional) to bytes, rounded to whole MiB as PVE configs store memory in MiB.
