@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use proxbalance_proto::v1::{ClusterStatus, CollectionError, GuestKind, NodeHistory, NodeSnapshot};
 
+use crate::placement::{HaRulesOutcome, HaRulesReader};
 use crate::pve::types::{
     ClusterOptions, ClusterResource, ClusterStatusRow, GuestConfig, HaResource, HaStatusRow,
     MetricsExport, NodeStatus, RrdPoint, Version,
@@ -64,6 +65,7 @@ pub struct ClusterCollector {
     rrd_cache: BTreeMap<String, (Instant, NodeSample)>,
     last_history: Option<Instant>,
     known_nodes: BTreeSet<String>,
+    ha_rules: HaRulesReader,
 }
 
 /// Whether a PVE version string (`8.2.5`, `9.1`) is at least `major.minor.patch`.
@@ -101,6 +103,7 @@ impl ClusterCollector {
             rrd_cache: BTreeMap::new(),
             last_history: None,
             known_nodes: BTreeSet::new(),
+            ha_rules: HaRulesReader::default(),
         }
     }
 
@@ -154,10 +157,28 @@ impl ClusterCollector {
             c.get::<Vec<HaResource>>("/cluster/ha/resources"),
             c.get::<Vec<HaStatusRow>>("/cluster/ha/status/current"),
         );
+        let ha_res = ha_res
+            .map_err(|e| errors.push(snapshot::collection_error("", &e)))
+            .ok();
+        // HA rules, or PVE 8 groups with the members `ha_res` names (see `placement`).
+        let ha_rules = self
+            .ha_rules
+            .read(
+                c,
+                &cluster,
+                &release,
+                ha_res.as_deref(),
+                now_ms,
+                &mut errors,
+            )
+            .await;
         let resources = match resources {
             Ok(r) => r,
             Err(e) => {
-                return self.failed_cycle(now_ms, started, requests_before, errors, &e, &release);
+                let mut out =
+                    self.failed_cycle(now_ms, started, requests_before, errors, &e, &release);
+                set_ha_rules(&mut out.status, ha_rules);
+                return out;
             }
         };
         let status_rows = status_rows.unwrap_or_else(|e| {
@@ -171,9 +192,6 @@ impl ClusterCollector {
                 Default::default()
             }
         };
-        let ha_res = ha_res
-            .map_err(|e| errors.push(snapshot::collection_error("", &e)))
-            .ok();
         let ha_status = ha_status.unwrap_or_else(|e| {
             errors.push(snapshot::collection_error("", &e));
             Vec::new()
@@ -322,6 +340,7 @@ impl ClusterCollector {
             self.client.current_endpoint(),
         );
         status.histories = histories.iter().map(|h| h.node.clone()).collect();
+        set_ha_rules(&mut status, ha_rules);
         CycleOutput {
             snapshots,
             status,
@@ -576,6 +595,12 @@ impl ClusterCollector {
         }
         out
     }
+}
+
+fn set_ha_rules(status: &mut ClusterStatus, ha: HaRulesOutcome) {
+    status.ha_rules = ha.rules;
+    status.ha_rules_source = ha.source as i32;
+    status.ha_rules_read_at_unix_ms = ha.read_at_unix_ms;
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! - [`pve`]: the PVE API client (token auth, verified TLS, failover, lenient decoding).
 //! - [`snapshot`]: pure construction of the wire messages from PVE answers.
 //! - [`cycle`]: one collection cycle of one cluster, with its caches.
+//! - [`placement`]: Proxmox HA rules (PVE 9) and groups (PVE 8), read every cycle.
 //! - [`publisher`]: JetStream streams and acknowledged publishing.
 //! - [`config`]: the TOML/env configuration.
 //! - [`app`]: [`app::run`], the service loop for many clusters.
@@ -10,6 +11,7 @@
 pub mod app;
 pub mod config;
 pub mod cycle;
+pub mod placement;
 pub mod publisher;
 pub mod pve;
 pub mod retry;

@@ -603,8 +603,11 @@ pub fn build_cluster_status(
         errors,
         api_requests,
         endpoint: endpoint.to_owned(),
-        // Set by the cycle, which knows which histories it publishes.
+        // Set by the cycle, which knows which histories it publishes and its HA rules.
         histories: Vec::new(),
+        ha_rules: Vec::new(),
+        ha_rules_source: 0,
+        ha_rules_read_at_unix_ms: 0,
     }
 }
 

@@ -20,6 +20,13 @@ pub const MAX_GUESTS_PER_SNAPSHOT: usize = 10_000;
 /// Most storages one [`NodeSnapshot`] may list (checked like the guests).
 pub const MAX_STORAGES_PER_SNAPSHOT: usize = 1_000;
 
+/// Most HA rules one [`ClusterStatus`] may carry (checked on the wire like the guests; PVE
+/// clusters have tens, a group or rule per service at the very most).
+pub const MAX_HA_RULES_PER_STATUS: usize = 10_000;
+
+/// `ClusterStatus.ha_rules` field number (see `snapshot.proto`).
+const STATUS_HA_RULES_FIELD: u64 = 14;
+
 /// `NodeSnapshot.storages` and `NodeSnapshot.guests` field numbers (see `snapshot.proto`).
 const SNAPSHOT_STORAGES_FIELD: u64 = 23;
 const SNAPSHOT_GUESTS_FIELD: u64 = 24;
@@ -258,8 +265,20 @@ pub fn decode_history(bytes: &[u8]) -> Result<NodeHistory, CodecError> {
     Ok(history)
 }
 
-/// Decodes a [`ClusterStatus`] and checks its schema version.
+/// Decodes a [`ClusterStatus`] and checks its schema version. The HA rule count is checked on
+/// the wire first ([`MAX_HA_RULES_PER_STATUS`]).
 pub fn decode_cluster_status(bytes: &[u8]) -> Result<ClusterStatus, CodecError> {
+    if bytes.len() <= MAX_PAYLOAD_BYTES {
+        let [rules] = count_top_level_fields(bytes, [STATUS_HA_RULES_FIELD]);
+        if rules > MAX_HA_RULES_PER_STATUS {
+            return Err(CodecError::TooMany {
+                message: "ClusterStatus",
+                field: "ha_rules",
+                count: rules,
+                max: MAX_HA_RULES_PER_STATUS,
+            });
+        }
+    }
     let status: ClusterStatus = decode(bytes)?;
     check_version("ClusterStatus", status.schema_version)?;
     Ok(status)
@@ -352,6 +371,26 @@ mod tests {
         assert_eq!(
             decode_snapshot(&encode(&s)).unwrap().guests.len(),
             MAX_GUESTS_PER_SNAPSHOT
+        );
+    }
+
+    #[test]
+    fn too_many_ha_rules_are_refused_before_decoding() {
+        let mut status = crate::v1::ClusterStatus {
+            schema_version: SCHEMA_VERSION,
+            ha_rules: vec![Default::default(); MAX_HA_RULES_PER_STATUS],
+            ..Default::default()
+        };
+        let ok = decode_cluster_status(&encode(&status)).expect("at the limit");
+        assert_eq!(ok.ha_rules.len(), MAX_HA_RULES_PER_STATUS);
+        status.ha_rules.push(Default::default());
+        let e = decode_cluster_status(&encode(&status)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "ClusterStatus.ha_rules: {} entries exceed the limit of {MAX_HA_RULES_PER_STATUS}",
+                MAX_HA_RULES_PER_STATUS + 1
+            )
         );
     }
 

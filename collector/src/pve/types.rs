@@ -217,6 +217,51 @@ pub struct HaResource {
     pub sid: Option<String>,
     #[serde(deserialize_with = "opt_string")]
     pub state: Option<String>,
+    /// The resource's HA group (PVE 8; gone once groups are migrated to rules).
+    #[serde(deserialize_with = "opt_string")]
+    pub group: Option<String>,
+}
+
+/// One rule of `GET /cluster/ha/rules` (PVE 9).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct HaRuleRow {
+    /// The rule id.
+    #[serde(deserialize_with = "opt_string")]
+    pub rule: Option<String>,
+    /// `node-affinity`, `resource-affinity`, ...
+    #[serde(rename = "type", deserialize_with = "opt_string")]
+    pub kind: Option<String>,
+    /// `vm:100,ct:101`.
+    #[serde(deserialize_with = "opt_string")]
+    pub resources: Option<String>,
+    /// Node affinity: `node[:priority],...`.
+    #[serde(deserialize_with = "opt_string")]
+    pub nodes: Option<String>,
+    /// Node affinity: only the listed nodes.
+    #[serde(deserialize_with = "opt_bool")]
+    pub strict: Option<bool>,
+    /// Resource affinity: `positive` or `negative`.
+    #[serde(deserialize_with = "opt_string")]
+    pub affinity: Option<String>,
+    /// The rule is configured but not in force.
+    #[serde(deserialize_with = "opt_bool")]
+    pub disable: Option<bool>,
+}
+
+/// One group of `GET /cluster/ha/groups` (PVE 8).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct HaGroupRow {
+    /// The group name.
+    #[serde(deserialize_with = "opt_string")]
+    pub group: Option<String>,
+    /// `node[:priority],...`.
+    #[serde(deserialize_with = "opt_string")]
+    pub nodes: Option<String>,
+    /// Only the listed nodes.
+    #[serde(deserialize_with = "opt_bool")]
+    pub restricted: Option<bool>,
 }
 
 /// One row of `GET /cluster/ha/status/current`.
