@@ -2,6 +2,7 @@
 //! the prefix `PROXBALANCE_RECOMMENDER__` and `__` between levels
 //! (e.g. `PROXBALANCE_RECOMMENDER__NATS__URL`). Unknown keys are refused with the key named.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -217,12 +218,136 @@ pub struct EngineConfig {
     /// Preset to start from (`conservative`, `balanced`, `aggressive`); default balanced.
     pub preset: Option<String>,
     /// Thresholds in percent (`cpu`, `mem`, `iowait`); 60/70/30 when absent.
-    pub thresholds: std::collections::BTreeMap<String, f64>,
+    pub thresholds: BTreeMap<String, f64>,
     /// Penalty keys laid over the preset (any key of `proxbalance config defaults`).
     pub penalties: serde_json::Map<String, serde_json::Value>,
+    /// Rules of the Proxmox resource pool of each name, in every cluster
+    /// (`[engine.pools.<pool>]`); a cluster's own entry replaces it there.
+    pub pools: BTreeMap<String, PoolRules>,
+    /// Per-cluster settings (`[engine.clusters.<cluster>]`).
+    pub clusters: BTreeMap<String, ClusterEngineConfig>,
+}
+
+/// The rules of one Proxmox resource pool, as ProxLB writes them (`[engine.pools.<pool>]`).
+/// Each becomes a placement rule of the cluster view binding the pool's guests: `affinity` /
+/// `anti_affinity` named `pool:<pool>`, `pin` named `pool:<pool>` too, or `pool:<pool>:pin`
+/// when the pool also has one of the others. A table asking nothing makes no rule (in a
+/// cluster's `pools`, it removes the global entry there).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolRules {
+    /// Keep the pool's guests on one node.
+    #[serde(default)]
+    pub affinity: bool,
+    /// Never two of the pool's guests on one node.
+    #[serde(default)]
+    pub anti_affinity: bool,
+    /// Run the pool's guests on these nodes (any of them).
+    #[serde(default)]
+    pub pin: Vec<String>,
+    /// Hard constraints (the default); `false`: costs in the planner's objective.
+    #[serde(default = "yes")]
+    pub strict: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Settings of one cluster (`[engine.clusters.<cluster>]`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterEngineConfig {
+    /// Memory every node of the cluster holds back from guests, GiB (instead of
+    /// `engine.penalties.node_reserve_gb`).
+    pub node_reserve_gb: Option<f64>,
+    /// The same as a percentage of each node's RAM (instead of
+    /// `engine.penalties.node_reserve_percent`); the larger of the two applies.
+    pub node_reserve_percent: Option<f64>,
+    /// Per-node settings (`[engine.clusters.<cluster>.nodes.<node>]`).
+    pub nodes: BTreeMap<String, NodeEngineConfig>,
+    /// Pool rules of this cluster, replacing the global entry of the same pool.
+    pub pools: BTreeMap<String, PoolRules>,
+}
+
+/// Settings of one node (`[engine.clusters.<cluster>.nodes.<node>]`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeEngineConfig {
+    /// Memory the node holds back from guests, GiB (instead of the cluster's or the global
+    /// reserve).
+    pub reserve_gb: Option<f64>,
+}
+
+/// Whether `name` is a Proxmox pool id: letters, digits, `-`, `_` and `.`.
+fn is_pool_id(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn check_pools(prefix: &str, pools: &BTreeMap<String, PoolRules>) -> Result<(), ConfigError> {
+    for (name, rules) in pools {
+        let key = format!("{prefix}.{name}");
+        if !is_pool_id(name) {
+            return Err(invalid(
+                &key,
+                "expected a Proxmox pool id (letters, digits, '-', '_' and '.')",
+            ));
+        }
+        if rules.affinity && rules.anti_affinity {
+            return Err(invalid(
+                &format!("{key}.anti_affinity"),
+                "a pool cannot ask affinity and anti_affinity at once",
+            ));
+        }
+        if let Some(i) = rules.pin.iter().position(|n| n.trim().is_empty()) {
+            return Err(invalid(&format!("{key}.pin[{i}]"), "expected a node name"));
+        }
+    }
+    Ok(())
+}
+
+fn check_reserve_gb(key: &str, v: Option<f64>) -> Result<(), ConfigError> {
+    match v {
+        Some(v) if !(v.is_finite() && v >= 0.0) => {
+            Err(invalid(key, "expected a number of GiB ≥ 0"))
+        }
+        _ => Ok(()),
+    }
 }
 
 impl EngineConfig {
+    /// Checks the pool rules and the per-cluster and per-node settings; errors name the key.
+    pub fn validate_placement(&self) -> Result<(), ConfigError> {
+        check_pools("engine.pools", &self.pools)?;
+        for (cluster, c) in &self.clusters {
+            let prefix = format!("engine.clusters.{cluster}");
+            if cluster.trim().is_empty() {
+                return Err(invalid(&prefix, "expected a cluster name"));
+            }
+            check_reserve_gb(&format!("{prefix}.node_reserve_gb"), c.node_reserve_gb)?;
+            if let Some(p) = c.node_reserve_percent
+                && !(p.is_finite() && (0.0..100.0).contains(&p))
+            {
+                return Err(invalid(
+                    &format!("{prefix}.node_reserve_percent"),
+                    "expected a percentage ≥ 0 and below 100",
+                ));
+            }
+            for (node, n) in &c.nodes {
+                let key = format!("{prefix}.nodes.{node}");
+                if node.trim().is_empty() {
+                    return Err(invalid(&key, "expected a node name"));
+                }
+                check_reserve_gb(&format!("{key}.reserve_gb"), n.reserve_gb)?;
+            }
+            check_pools(&format!("{prefix}.pools"), &c.pools)?;
+        }
+        Ok(())
+    }
+
     /// The merged penalty configuration and thresholds; errors name the key.
     pub fn resolve(&self) -> Result<(PenaltyConfig, Thresholds), ConfigError> {
         let preset = match &self.preset {
@@ -413,6 +538,7 @@ impl Config {
             return Err(invalid("overload.clear_cycles", "expected ≥ 1"));
         }
         self.engine.resolve()?;
+        self.engine.validate_placement()?;
         Ok(())
     }
 }
@@ -481,6 +607,64 @@ mod tests {
         assert_eq!(c.state.replay_window_s, d.state.replay_window_s);
         assert_eq!(c.overload.clear_cycles, d.overload.clear_cycles);
         assert_eq!(c.engine.resolve().unwrap(), d.engine.resolve().unwrap());
+    }
+
+    #[test]
+    fn pool_cluster_and_node_keys_are_checked_with_the_key_named() {
+        let err = |text: &str| Config::from_toml(text).unwrap_err().to_string();
+        let e = err("[engine.pools.db]\nanti_afinity = true\n");
+        assert!(e.contains("anti_afinity"), "{e}");
+        let e = err("[engine.clusters.prod]\nreserve_gb = 4\n");
+        assert!(e.contains("reserve_gb"), "{e}");
+        let e = err("[engine.clusters.prod.nodes.pve1]\nnode_reserve_gb = 4\n");
+        assert!(e.contains("node_reserve_gb"), "{e}");
+        let e = err("[engine.clusters.prod.pools.db]\npinned = [\"pve1\"]\n");
+        assert!(e.contains("pinned"), "{e}");
+        assert_eq!(
+            err("[engine.pools.db]\naffinity = true\nanti_affinity = true\n"),
+            "configuration, engine.pools.db.anti_affinity: a pool cannot ask affinity and \
+             anti_affinity at once"
+        );
+        assert_eq!(
+            err("[engine.pools.\"db pool\"]\naffinity = true\n"),
+            "configuration, engine.pools.db pool: expected a Proxmox pool id (letters, digits, \
+             '-', '_' and '.')"
+        );
+        assert_eq!(
+            err("[engine.clusters.prod.pools.web]\npin = [\"pve1\", \" \"]\n"),
+            "configuration, engine.clusters.prod.pools.web.pin[1]: expected a node name"
+        );
+        assert_eq!(
+            err("[engine.clusters.prod]\nnode_reserve_percent = 100\n"),
+            "configuration, engine.clusters.prod.node_reserve_percent: expected a percentage ≥ 0 \
+             and below 100"
+        );
+        assert_eq!(
+            err("[engine.clusters.prod.nodes.pve1]\nreserve_gb = -1\n"),
+            "configuration, engine.clusters.prod.nodes.pve1.reserve_gb: expected a number of GiB ≥ 0"
+        );
+        let e = err("[engine.pools.db]\nstrict = \"yes\"\n");
+        assert!(e.contains("strict"), "{e}");
+        let ok = Config::from_toml(
+            "[engine.pools.db]\nanti_affinity = true\n[engine.pools.web]\npin = [\"pve1\"]\n\
+             strict = false\n[engine.clusters.prod]\nnode_reserve_gb = 8\n\
+             [engine.clusters.prod.nodes.pve1]\nreserve_gb = 16\n\
+             [engine.penalties]\nha_guests = \"recommend\"\n",
+        )
+        .unwrap();
+        assert!(ok.engine.pools["db"].strict);
+        assert!(!ok.engine.pools["web"].strict);
+        assert_eq!(ok.engine.clusters["prod"].node_reserve_gb, Some(8.0));
+        assert_eq!(
+            ok.engine.clusters["prod"].nodes["pve1"].reserve_gb,
+            Some(16.0)
+        );
+        let (cfg, _) = ok.engine.resolve().unwrap();
+        assert_eq!(cfg.ha_guests, proxbalance_engine::HaGuests::Recommend);
+        assert_eq!(
+            err("[engine.penalties]\nha_guests = \"always\"\n"),
+            "configuration, engine.penalties.ha_guests: must be \"skip\" or \"recommend\""
+        );
     }
 
     #[test]

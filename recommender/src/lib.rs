@@ -5,6 +5,8 @@
 //! - [`state`]: the in-memory state (windows, views, cached sets), free of I/O.
 //! - [`overload`]: overload detection with hysteresis.
 //! - [`convert`]: lossless conversion of the engine's output to and from protobuf.
+//! - [`placement`]: the view's placement rules (Proxmox HA rules and groups, pool rules) and
+//!   node reserves.
 //! - [`service`]: NATS ingest, event publishing and the gRPC server; [`run`] is the entry point.
 //! - [`cli`]: the `proxbalance` command line (offline and against a running service).
 
@@ -12,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod overload;
+pub mod placement;
 pub mod service;
 pub mod state;
 

@@ -286,11 +286,16 @@ pub(super) fn state(args: &StateArgs) -> Result<String, CliError> {
                 }))
             })
             .collect();
+        let placement = placement_json(&resp);
         match args.format {
             Format::Json => to_json(&json!({
                 "cluster": resp.cluster,
                 "clock_skew_ms": resp.clock_skew_ms,
                 "nodes": rows,
+                "crs": placement["crs"],
+                "ha_guests": placement["ha_guests"],
+                "ha_rules": placement["ha_rules"],
+                "rules": placement["rules"],
             })),
             Format::Table => {
                 let mut t = Table::new([
@@ -342,10 +347,179 @@ pub(super) fn state(args: &StateArgs) -> Result<String, CliError> {
                 let skew = resp.clock_skew_ms.map_or(String::new(), |ms| {
                     format!(" (collector clock {:+.1} s from NATS')", ms as f64 / 1000.0)
                 });
-                Ok(format!("Cluster {}{skew}:\n{}", resp.cluster, t.render()))
+                Ok(format!(
+                    "Cluster {}{skew}:\n{}\n{}",
+                    resp.cluster,
+                    t.render(),
+                    render_placement(&placement)
+                ))
             }
         }
     })
+}
+
+/// The placement part of `state`: Proxmox's balancer, how HA guests are treated, where the
+/// HA rules come from, and the rules the last set was planned with.
+fn placement_json(resp: &pb::GetClusterStateResponse) -> Value {
+    let status = resp.last_status.as_ref();
+    let crs = status.and_then(|s| s.crs.as_ref());
+    let ha_guests = match pb::HaGuests::try_from(resp.ha_guests) {
+        Ok(pb::HaGuests::Skip) => "skip",
+        Ok(pb::HaGuests::Recommend) => "recommend",
+        Ok(pb::HaGuests::SkipRulesUnknown) => "skip_rules_unknown",
+        Ok(pb::HaGuests::ManagedByPveCrs) => "managed_by_pve_crs",
+        _ => "unknown",
+    };
+    let source = match status.map(|s| pb::HaRulesSource::try_from(s.ha_rules_source)) {
+        Some(Ok(pb::HaRulesSource::Rules)) => "rules",
+        Some(Ok(pb::HaRulesSource::Groups)) => "groups",
+        _ => "not_read",
+    };
+    let rules: Vec<Value> = resp
+        .rules
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "kind": r.kind,
+                "strict": r.strict,
+                "source": r.source,
+                "vmids": r.vmids,
+                "nodes": r.nodes.iter().map(|n| json!({
+                    "node": n.node, "priority": n.priority, "allowed": n.allowed,
+                })).collect::<Vec<_>>(),
+                "unknown_nodes": r.unknown_nodes,
+            })
+        })
+        .collect();
+    json!({
+        "crs": {
+            "ha": crs.map_or("", |c| c.ha.as_str()),
+            "auto_rebalance": crs.is_some_and(|c| c.ha_auto_rebalance),
+            "pve_balances_ha": resp.pve_balances_ha,
+        },
+        "ha_guests": ha_guests,
+        "ha_rules": {
+            "source": source,
+            "count": status.map_or(0, |s| s.ha_rules.len()),
+            "read_at_unix_ms": status.map_or(0, |s| s.ha_rules_read_at_unix_ms),
+            "cycle_at_unix_ms": status.map_or(0, |s| s.collected_at_unix_ms),
+        },
+        "rules": rules,
+    })
+}
+
+/// [`placement_json`] for people.
+fn render_placement(p: &Value) -> String {
+    let crs = &p["crs"];
+    let mode = crs["ha"]
+        .as_str()
+        .filter(|m| !m.is_empty())
+        .unwrap_or("basic");
+    let mut out = format!(
+        "Proxmox CRS: ha={mode}, auto-rebalance {}{}\n",
+        if crs["auto_rebalance"].as_bool() == Some(true) {
+            "on"
+        } else {
+            "off"
+        },
+        if crs["pve_balances_ha"].as_bool() == Some(true) {
+            " (Proxmox balances HA resources itself)"
+        } else {
+            ""
+        }
+    );
+    let ha = &p["ha_rules"];
+    let read = match ha["source"].as_str() {
+        Some("rules") => "/cluster/ha/rules",
+        Some("groups") => "/cluster/ha/groups",
+        _ => "",
+    };
+    let kept = ha["read_at_unix_ms"].as_i64().unwrap_or(0);
+    let cycle = ha["cycle_at_unix_ms"].as_i64().unwrap_or(0);
+    if read.is_empty() {
+        out.push_str("HA rules: not read yet\n");
+    } else {
+        out.push_str(&format!("HA rules: {} from {read}", ha["count"]));
+        if kept < cycle {
+            out.push_str(&format!(
+                " (the last cycle's read failed: kept from {:.0} s earlier)",
+                (cycle - kept) as f64 / 1000.0
+            ));
+        }
+        out.push('\n');
+    }
+    out.push_str(match p["ha_guests"].as_str() {
+        Some("recommend") => {
+            "HA guests: planned within their HA rules (ha-manager crm-command migrate)\n"
+        }
+        Some("skip_rules_unknown") => {
+            "HA guests: left where they are until the HA rules are read (ha_guests = recommend)\n"
+        }
+        Some("managed_by_pve_crs") => {
+            "HA guests: left to Proxmox, which balances them (managed_by_pve_crs)\n"
+        }
+        _ => "HA guests: left where they are (ha_guests = skip)\n",
+    });
+    let rules = p["rules"].as_array().cloned().unwrap_or_default();
+    if rules.is_empty() {
+        out.push_str("Placement rules: none\n");
+        return out;
+    }
+    let mut t = Table::new(["RULE", "KIND", "STRICT", "SOURCE", "GUESTS", "NODES"]);
+    for r in &rules {
+        let guests: Vec<String> = r["vmids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(Value::to_string)
+            .collect();
+        let mut nodes: Vec<String> = r["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| {
+                format!(
+                    "{}:{}{}",
+                    n["node"].as_str().unwrap_or(""),
+                    n["priority"],
+                    if n["allowed"].as_bool() == Some(true) {
+                        "*"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect();
+        nodes.extend(
+            r["unknown_nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(|n| format!("{n} (no such node)")),
+        );
+        t.row(vec![
+            r["name"].as_str().unwrap_or("").to_owned(),
+            r["kind"].as_str().unwrap_or("").to_owned(),
+            if r["strict"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            }
+            .to_owned(),
+            r["source"].as_str().unwrap_or("").to_owned(),
+            if guests.is_empty() {
+                "-".to_owned()
+            } else {
+                guests.join(", ")
+            },
+            nodes.join(", "),
+        ]);
+    }
+    out.push_str("Placement rules (node:priority, * = allowed now):\n");
+    out.push_str(&t.render());
+    out
 }
 
 fn write_line(out: &mut dyn Write, line: &str) -> Result<(), CliError> {

@@ -196,8 +196,10 @@ impl Shared {
         };
         let set = engine::plan(&cluster_model, None);
         let recs = set.recommendations.len();
+        let rules = crate::placement::rules_to_proto(&cluster_model);
         let (event, changed, cached) = {
             let mut state = self.write();
+            state.store_rules(cluster, rules);
             let (event, changed) = state.store_set(set, now, cycle, data_at_ms);
             let cached = state.cached(cluster)?.clone();
             (event, changed, cached)
@@ -236,6 +238,7 @@ pub fn state_settings(config: &Config) -> Result<StateSettings, ConfigError> {
         thresholds,
         max_clock_skew_ms: ms(config.state.max_clock_skew_s),
         retention_ms: ms(config.state.retention_s),
+        placement: crate::placement::Placement::from_config(&config.engine),
     })
 }
 

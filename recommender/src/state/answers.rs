@@ -72,11 +72,17 @@ impl State {
                 })
             })
             .collect();
+        let status = c.status.as_ref();
         Some(pb::GetClusterStateResponse {
             cluster: cluster.to_owned(),
             nodes,
             last_status: c.status.clone(),
             clock_skew_ms: c.clock_skew_ms,
+            rules: c.rules.clone(),
+            pve_balances_ha: status
+                .and_then(|s| s.crs.as_ref())
+                .is_some_and(|crs| super::view::crs_of(crs).balances_ha()),
+            ha_guests: crate::placement::ha_guests(&self.settings.config, status) as i32,
         })
     }
 }

@@ -180,6 +180,13 @@ impl State {
         (event, changed)
     }
 
+    /// Keeps the placement rules a cluster's set is planned with (for `GetClusterState`).
+    pub fn store_rules(&mut self, cluster: &str, rules: Vec<pb::PlacementRule>) {
+        if let Some(c) = self.clusters.get_mut(cluster) {
+            c.rules = rules;
+        }
+    }
+
     /// The cached set of a cluster.
     pub fn cached(&self, cluster: &str) -> Option<&Arc<Cached>> {
         self.clusters.get(cluster)?.cached.as_ref()

@@ -24,8 +24,12 @@ pub const MAX_LOAD: f64 = 1e6;
 pub const MAX_LIST: usize = 256;
 /// Most points of one history series (PVE's RRD gives about 70).
 pub const MAX_HISTORY_POINTS: usize = 20_000;
-/// Most nodes, or errors, in a cluster status.
+/// Most nodes, or errors, in a cluster status; most nodes of one HA rule.
 pub const MAX_STATUS_ENTRIES: usize = 10_000;
+/// Most guests one HA rule binds.
+pub const MAX_RULE_GUESTS: usize = 100_000;
 /// Latest observation time accepted (year 3000), unix ms.
 pub const MAX_TIME_MS: i64 = 32_503_680_000_000;
-pub use proxbalance_proto::codec::{MAX_GUESTS_PER_SNAPSHOT, MAX_STORAGES_PER_SNAPSHOT};
+pub use proxbalance_proto::codec::{
+    MAX_GUESTS_PER_SNAPSHOT, MAX_HA_RULES_PER_STATUS, MAX_STORAGES_PER_SNAPSHOT,
+};

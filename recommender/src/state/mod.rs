@@ -60,6 +60,8 @@ pub struct StateSettings {
     /// A node without a snapshot for this long, and then a cluster without nodes, is evicted
     /// ([`State::sweep`]); an older history is not applied, ms.
     pub retention_ms: i64,
+    /// Pool rules and node reserves of the configuration ([`crate::placement`]).
+    pub placement: crate::placement::Placement,
 }
 
 impl Default for StateSettings {
@@ -73,6 +75,7 @@ impl Default for StateSettings {
             thresholds: Thresholds::default(),
             max_clock_skew_ms: 30_000,
             retention_ms: 86_400_000,
+            placement: crate::placement::Placement::default(),
         }
     }
 }
@@ -132,6 +135,8 @@ struct ClusterState {
     /// The collector's clock minus NATS' at the last snapshot or status (accepted or refused
     /// for being ahead), ms.
     clock_skew_ms: Option<i64>,
+    /// The placement rules the cached set was planned with (for `GetClusterState`).
+    rules: Vec<pb::PlacementRule>,
 }
 
 impl ClusterState {

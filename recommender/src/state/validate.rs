@@ -451,6 +451,27 @@ pub fn validate_status(st: &pb::ClusterStatus) -> Result<(), Rejection> {
         &st.endpoint,
         limits::MAX_TEXT_BYTES,
     )?;
+    check_count(
+        || "ha_rules".to_owned(),
+        st.ha_rules.len(),
+        limits::MAX_HA_RULES_PER_STATUS,
+    )?;
+    for (i, r) in st.ha_rules.iter().enumerate() {
+        check_name(|| format!("ha_rules[{i}].name"), &r.name)?;
+        check_count(
+            || format!("ha_rules[{i}].vmids"),
+            r.vmids.len(),
+            limits::MAX_RULE_GUESTS,
+        )?;
+        check_count(
+            || format!("ha_rules[{i}].nodes"),
+            r.nodes.len(),
+            limits::MAX_STATUS_ENTRIES,
+        )?;
+        for (j, n) in r.nodes.iter().enumerate() {
+            check_name(|| format!("ha_rules[{i}].nodes[{j}].node"), &n.node)?;
+        }
+    }
     Ok(())
 }
 

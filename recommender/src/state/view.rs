@@ -9,12 +9,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proxbalance_engine::window::Sample;
 use proxbalance_engine::{
-    self as engine, ClusterView, CurrentMetrics, DayAverages, GuestKind, GuestView, NodeStatus,
-    NodeView, VIEW_FORMAT, WeekStats,
+    self as engine, ClusterView, CurrentMetrics, DayAverages, GuestKind, GuestView, HaGuests,
+    NodeStatus, NodeView, VIEW_FORMAT, WeekStats,
 };
 use proxbalance_proto::v1 as pb;
 
 use super::State;
+use crate::placement;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -54,7 +55,7 @@ pub(super) fn history_samples(points: &[pb::HistoryPoint]) -> Vec<Sample> {
 }
 
 /// Proxmox's scheduler settings as the engine reads them.
-fn crs_of(c: &pb::CrsSettings) -> proxbalance_engine::Crs {
+pub(crate) fn crs_of(c: &pb::CrsSettings) -> proxbalance_engine::Crs {
     use proxbalance_engine::CrsMode;
     proxbalance_engine::Crs {
         ha: match c.ha.as_str() {
@@ -135,7 +136,12 @@ impl State {
                 }),
                 history: n.window.hourly(data_now),
                 storage,
-                reserve_gb: None,
+                reserve_gb: self.settings.placement.node_reserve_gb(
+                    cluster,
+                    name,
+                    total_mem_gb,
+                    &self.settings.config,
+                ),
             });
             for g in &s.guests {
                 let better = guests.get(&g.vmid).is_none_or(|(t, node, _)| {
@@ -180,7 +186,20 @@ impl State {
                 config_known: g.config_known,
                 pool: (!g.pool.is_empty()).then(|| g.pool.clone()),
             })
-            .collect();
+            .collect::<Vec<GuestView>>();
+        // Pool rules of the configuration, then the cluster's HA rules (crate::placement).
+        let status = c.status.as_ref();
+        let mut rules = self.settings.placement.pool_rules(cluster, &guests);
+        if let Some(st) = status {
+            rules.extend(placement::ha_rules(st, &nodes, &maintenance, &guests));
+        }
+        let mut penalty_config = self.settings.config.to_map();
+        // HA guests are planned within their HA rules only once those are known.
+        if self.settings.config.ha_guests == HaGuests::Recommend
+            && !placement::ha_rules_known(status)
+        {
+            penalty_config.insert("ha_guests".into(), "skip".into());
+        }
         Some(ClusterView {
             format: VIEW_FORMAT.to_owned(),
             cluster: cluster.to_owned(),
@@ -189,9 +208,9 @@ impl State {
             maintenance_nodes: maintenance,
             nodes,
             guests,
-            penalty_config: self.settings.config.to_map(),
-            rules: Vec::new(),
-            crs: c.status.as_ref().and_then(|s| s.crs.as_ref()).map(crs_of),
+            penalty_config,
+            rules,
+            crs: status.and_then(|s| s.crs.as_ref()).map(crs_of),
         })
     }
 }
@@ -296,6 +315,75 @@ mod tests {
         ingest_snap(&mut st, &snap("a", 3, t3, 0.5)).unwrap();
         ingest_snap(&mut st, &snap("b", 3, t3, 0.5)).unwrap();
         assert!(statuses(&st).iter().all(|(_, s)| *s == NodeStatus::Online));
+    }
+
+    #[test]
+    fn the_view_carries_pool_and_ha_rules_and_node_reserves() {
+        let config = crate::config::Config::from_toml(
+            "[engine.penalties]\nha_guests = \"recommend\"\n\
+             [engine.pools.db]\nanti_affinity = true\n\
+             [engine.clusters.c.nodes.a]\nreserve_gb = 4\n",
+        )
+        .unwrap();
+        let (penalties, _) = config.engine.resolve().unwrap();
+        let mut st = State::new(StateSettings {
+            config: penalties,
+            placement: crate::placement::Placement::from_config(&config.engine),
+            ..settings()
+        });
+        let mut a = snap("a", 1, T0, 0.5);
+        a.guests[0].ha_managed = true;
+        a.guests[0].pool = "db".into();
+        let mut b = snap("b", 1, T0, 0.5);
+        b.guests[0].pool = "db".into();
+        ingest_snap(&mut st, &a).unwrap();
+        ingest_snap(&mut st, &b).unwrap();
+        st.apply_status(status(1, &["a", "b"]));
+        let view = st.view("c", T0).unwrap();
+        let reserves: Vec<Option<f64>> = view.nodes.iter().map(|n| n.reserve_gb).collect();
+        assert_eq!(reserves, [Some(4.0), None]);
+        let names: Vec<&str> = view.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["pool:db"]);
+        assert_eq!(view.rules[0].vmids, [100, 200]);
+        // No HA rules read yet: HA guests are not planned, whatever the configuration says.
+        assert_eq!(view.penalty_config["ha_guests"], "skip");
+
+        let mut with_rules = status(2, &["a", "b"]);
+        with_rules.ha_rules_source = pb::HaRulesSource::Rules as i32;
+        with_rules.ha_rules = vec![pb::HaRule {
+            name: "stay".into(),
+            kind: pb::HaRuleKind::NodeAffinity as i32,
+            vmids: vec![100, 200],
+            nodes: vec![pb::HaRuleNode {
+                node: "a".into(),
+                priority: 1,
+            }],
+            strict: true,
+        }];
+        for s in [&mut a, &mut b] {
+            s.cycle = 2;
+            s.observed_at_unix_ms = T0 + 10_000;
+            ingest_snap(&mut st, s).unwrap();
+        }
+        st.apply_status(with_rules);
+        let view = st.view("c", T0 + 10_000).unwrap();
+        assert_eq!(view.penalty_config["ha_guests"], "recommend");
+        let rules: Vec<(&str, &[u32])> = view
+            .rules
+            .iter()
+            .map(|r| (r.name.as_str(), r.vmids.as_slice()))
+            .collect();
+        // 200 is not HA-managed: the HA rule does not bind it.
+        assert_eq!(
+            rules,
+            [("pool:db", &[100, 200][..]), ("ha:stay", &[100][..])]
+        );
+        let cluster = view.validate().unwrap();
+        let options = engine::migration_options(&cluster, 100).unwrap();
+        assert_eq!(
+            options.targets[0].gate_reason.as_deref(),
+            Some("pinned elsewhere (rule ha:stay)")
+        );
     }
 
     #[test]

@@ -266,6 +266,59 @@ fn a_status_listing_a_megabyte_history_name_is_refused() {
 }
 
 #[test]
+fn a_status_with_hostile_ha_rules_is_refused_naming_the_field() {
+    let refused_status = |rules: Vec<pb::HaRule>| {
+        let status = pb::ClusterStatus {
+            schema_version: SCHEMA_VERSION,
+            cluster: "c".into(),
+            cycle: 1,
+            collected_at_unix_ms: T0,
+            ha_rules: rules,
+            ..Default::default()
+        };
+        let e = state()
+            .ingest(
+                &Subjects::default().cluster_status("c"),
+                &proxbalance_proto::encode(&status),
+                Arrival::at(T0),
+            )
+            .unwrap_err();
+        format!("{} | {e}", e.label())
+    };
+    let rule = |name: &str, nodes: Vec<&str>| pb::HaRule {
+        name: name.into(),
+        kind: pb::HaRuleKind::NodeAffinity as i32,
+        vmids: vec![100],
+        nodes: nodes
+            .into_iter()
+            .map(|n| pb::HaRuleNode {
+                node: n.into(),
+                priority: 1,
+            })
+            .collect(),
+        strict: true,
+    };
+    assert_eq!(
+        refused_status(vec![rule("ok", vec!["a"]), rule(" ", vec!["a"])]),
+        "invalid_value | ha_rules[1].name: expected a non-empty name"
+    );
+    assert_eq!(
+        refused_status(vec![rule("ok", vec!["a", &"n".repeat(300)])]),
+        "name_too_long | ha_rules[0].nodes[1].node: 300 bytes exceed the limit of 253"
+    );
+    let mut many = rule("many", vec!["a"]);
+    many.vmids = (1..=100_001).collect();
+    assert_eq!(
+        refused_status(vec![many]),
+        "too_many_items | ha_rules[0].vmids: 100001 entries exceed the limit of 100000"
+    );
+    assert_eq!(
+        refused_status(vec![rule("r", vec!["a"]); 10_001]),
+        "too_many_items | ClusterStatus.ha_rules: 10001 entries exceed the limit of 10000"
+    );
+}
+
+#[test]
 fn a_history_point_using_more_memory_than_its_total_is_refused() {
     // Found by fuzzing: a total of a few bytes under a used amount made an infinite percentage.
     let mut st = state();

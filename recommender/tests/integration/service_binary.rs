@@ -25,6 +25,42 @@ fn unknown_key_is_refused_with_its_name() {
     assert!(err.contains("replay_windw_s"), "{err}");
 }
 
+#[test]
+fn placement_keys_are_read_from_the_environment_and_checked() {
+    // Each variable alone: the process refuses it naming the key it reached.
+    for (var, value, expected) in [
+        (
+            "PROXBALANCE_RECOMMENDER__ENGINE__CLUSTERS__PROD__NODES__PVE1__RESERVE_GB",
+            "-1",
+            "engine.clusters.prod.nodes.pve1.reserve_gb: expected a number of GiB ≥ 0",
+        ),
+        (
+            "PROXBALANCE_RECOMMENDER__ENGINE__CLUSTERS__PROD__NODE_RESERVE_PERCENT",
+            "100",
+            "engine.clusters.prod.node_reserve_percent: expected a percentage ≥ 0 and below 100",
+        ),
+        (
+            "PROXBALANCE_RECOMMENDER__ENGINE__POOLS__DB__ANTI_AFINITY",
+            "true",
+            "anti_afinity",
+        ),
+        (
+            "PROXBALANCE_RECOMMENDER__ENGINE__PENALTIES__HA_GUESTS",
+            "always",
+            "engine.penalties.ha_guests: must be \"skip\" or \"recommend\"",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .env_remove("RUST_LOG")
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{var}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{var}: {err}");
+    }
+}
+
 /// A configuration file in `dir` for the nats-server at `nats_url`, gRPC on a free port.
 fn config_file(dir: &std::path::Path, nats_url: &str) -> std::path::PathBuf {
     let file = dir.join("r.toml");
