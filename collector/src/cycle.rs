@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use proxbalance_proto::v1::{ClusterStatus, CollectionError, GuestKind, NodeHistory, NodeSnapshot};
+use proxbalance_proto::v1::{
+    ClusterStatus, CollectionError, CrsSettings, GuestKind, NodeHistory, NodeSnapshot,
+};
 
 use crate::placement::{HaRulesOutcome, HaRulesReader};
 use crate::pve::types::{
@@ -66,6 +68,8 @@ pub struct ClusterCollector {
     last_history: Option<Instant>,
     known_nodes: BTreeSet<String>,
     ha_rules: HaRulesReader,
+    /// `crs` of `/cluster/options` as last read.
+    crs: Option<CrsSettings>,
 }
 
 /// Whether a PVE version string (`8.2.5`, `9.1`) is at least `major.minor.patch`.
@@ -104,6 +108,7 @@ impl ClusterCollector {
             last_history: None,
             known_nodes: BTreeSet::new(),
             ha_rules: HaRulesReader::default(),
+            crs: None,
         }
     }
 
@@ -157,6 +162,24 @@ impl ClusterCollector {
             c.get::<Vec<HaResource>>("/cluster/ha/resources"),
             c.get::<Vec<HaStatusRow>>("/cluster/ha/status/current"),
         );
+        let resources = match resources {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing of the cluster is known this cycle: PVE's settings and HA rules
+                // are those read last.
+                let mut out =
+                    self.failed_cycle(now_ms, started, requests_before, errors, &e, &release);
+                set_ha_rules(&mut out.status, self.ha_rules.last());
+                return out;
+            }
+        };
+        // PVE's scheduler settings; when they cannot be read, those read last stay: whether PVE
+        // balances HA resources itself decides whether HA guests may be recommended.
+        match options {
+            Ok(o) => self.crs = Some(snapshot::parse_crs(o.crs.as_ref())),
+            Err(e) => errors.push(snapshot::collection_error("", &e)),
+        }
+        let crs = self.crs.clone().unwrap_or_default();
         let ha_res = ha_res
             .map_err(|e| errors.push(snapshot::collection_error("", &e)))
             .ok();
@@ -172,26 +195,10 @@ impl ClusterCollector {
                 &mut errors,
             )
             .await;
-        let resources = match resources {
-            Ok(r) => r,
-            Err(e) => {
-                let mut out =
-                    self.failed_cycle(now_ms, started, requests_before, errors, &e, &release);
-                set_ha_rules(&mut out.status, ha_rules);
-                return out;
-            }
-        };
         let status_rows = status_rows.unwrap_or_else(|e| {
             errors.push(snapshot::collection_error("", &e));
             Vec::new()
         });
-        let crs = match options {
-            Ok(o) => snapshot::parse_crs(o.crs.as_ref()),
-            Err(e) => {
-                errors.push(snapshot::collection_error("", &e));
-                Default::default()
-            }
-        };
         let ha_status = ha_status.unwrap_or_else(|e| {
             errors.push(snapshot::collection_error("", &e));
             Vec::new()
@@ -385,7 +392,7 @@ impl ClusterCollector {
         let mut status = snapshot::build_cluster_status(
             &data,
             &snapshots,
-            Default::default(),
+            self.crs.clone().unwrap_or_default(),
             errors,
             i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
             u32::try_from(requests).unwrap_or(u32::MAX),

@@ -214,6 +214,11 @@ impl HaRulesReader {
                 errors.push(snapshot::collection_error("", &e));
             }
         }
+        self.last()
+    }
+
+    /// The rules last read (none, unspecified, before the first read).
+    pub fn last(&self) -> HaRulesOutcome {
         match &self.last {
             Some((rules, source, at)) => HaRulesOutcome {
                 rules: rules.clone(),
