@@ -265,7 +265,9 @@ impl State {
         }
     }
 
-    /// Applies a checked cluster status.
+    /// Applies a checked cluster status. It completes its cycle, unless the cycle's snapshots
+    /// already did or histories are awaited; a status whose HA rules or CRS differ from the
+    /// previous one completes its cycle again (see below).
     pub fn apply_status(&mut self, st: pb::ClusterStatus) -> Ingested {
         let cluster = st.cluster.clone();
         let c = self.clusters.entry(st.cluster.clone()).or_default();
@@ -294,6 +296,17 @@ impl State {
             });
             completed = None;
         }
+        // A cycle usually completes on its last snapshot, before its status: when the status
+        // changes what the plan reads from it (the HA rules, PVE's CRS), the cycle is planned
+        // again with it, not a cycle later. (Its overload was evaluated on the snapshots.)
+        if completed.is_none()
+            && c.completed_cycle == Some(cycle)
+            && c.status
+                .as_ref()
+                .is_some_and(|old| placement_inputs(old) != placement_inputs(&st))
+        {
+            completed = Some(cycle);
+        }
         c.status = Some(st);
         if let Some(cycle) = completed {
             c.complete(cycle);
@@ -302,12 +315,78 @@ impl State {
     }
 }
 
+/// What a plan reads from a cluster status.
+fn placement_inputs(st: &pb::ClusterStatus) -> (&[pb::HaRule], i32, Option<&pb::CrsSettings>) {
+    (&st.ha_rules, st.ha_rules_source, st.crs.as_ref())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
     use super::*;
     use proxbalance_engine::NodeStatus;
     use proxbalance_proto::subjects::Subjects;
+
+    #[test]
+    fn a_status_changing_ha_rules_or_crs_completes_its_cycle_again() {
+        let mut st = State::new(settings());
+        let completed_by = |ingested: Ingested| match ingested {
+            Ingested::Status { completed, .. } | Ingested::Snapshot { completed, .. } => completed,
+            _ => None,
+        };
+        let snapshots = |st: &mut State, cycle: u64| {
+            let at = T0 + cycle as i64 * 10_000;
+            let a = ingest_snap(st, &snap("a", cycle, at, 0.5)).unwrap();
+            assert_eq!(completed_by(a), None);
+            completed_by(ingest_snap(st, &snap("b", cycle, at, 0.5)).unwrap())
+        };
+        let rules = vec![pb::HaRule {
+            name: "r".into(),
+            kind: pb::HaRuleKind::NodeAffinity as i32,
+            vmids: vec![100],
+            nodes: vec![pb::HaRuleNode {
+                node: "a".into(),
+                priority: 0,
+            }],
+            strict: true,
+        }];
+        let with = |cycle: u64, rules: &[pb::HaRule], crs: &str| {
+            let mut s = status(cycle, &["a", "b"]);
+            s.ha_rules = rules.to_vec();
+            s.ha_rules_source = pb::HaRulesSource::Rules as i32;
+            s.ha_rules_read_at_unix_ms = cycle as i64;
+            s.crs = Some(pb::CrsSettings {
+                ha: crs.into(),
+                ..Default::default()
+            });
+            s
+        };
+        // The first cycle completes with its status (no node list before it).
+        assert_eq!(snapshots(&mut st, 1), None);
+        assert_eq!(
+            completed_by(st.apply_status(with(1, &[], "basic"))),
+            Some(1)
+        );
+        // Later cycles complete on their last snapshot; the same inputs: nothing more.
+        assert_eq!(snapshots(&mut st, 2), Some(2));
+        assert_eq!(completed_by(st.apply_status(with(2, &[], "basic"))), None);
+        // New HA rules (only their read time changing does not count), then a new CRS mode.
+        assert_eq!(snapshots(&mut st, 3), Some(3));
+        assert_eq!(
+            completed_by(st.apply_status(with(3, &rules, "basic"))),
+            Some(3)
+        );
+        assert_eq!(snapshots(&mut st, 4), Some(4));
+        assert_eq!(
+            completed_by(st.apply_status(with(4, &rules, "basic"))),
+            None
+        );
+        assert_eq!(snapshots(&mut st, 5), Some(5));
+        assert_eq!(
+            completed_by(st.apply_status(with(5, &rules, "dynamic"))),
+            Some(5)
+        );
+    }
 
     #[test]
     fn invalid_messages_are_rejected_with_a_reason() {
