@@ -22,5 +22,6 @@ mod faults_nats;
 mod grpc_security;
 mod hardening;
 mod nats_tls;
+mod placement;
 mod recommender;
 mod soak;
