@@ -668,6 +668,37 @@ mod tests {
     }
 
     #[test]
+    fn the_examples_commented_out_in_deploy_load() {
+        // Every commented-out key and table of the [engine] part, uncommented.
+        let text = include_str!("../../deploy/recommender.example.toml");
+        let engine = &text[text.find("[engine]").unwrap()..];
+        let uncommented: String = engine
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with('[')
+                        || rest.split_once(" = ").is_some_and(|(k, _)| {
+                            k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                        }) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::from_toml(&uncommented).unwrap();
+        assert_eq!(c.engine.pools.keys().collect::<Vec<_>>(), ["db", "web"]);
+        assert_eq!(c.engine.pools["web"].pin, ["pve1", "pve2"]);
+        let prod = &c.engine.clusters["prod"];
+        assert_eq!(prod.node_reserve_gb, Some(8.0));
+        assert_eq!(prod.nodes["pve1"].reserve_gb, Some(16.0));
+        assert!(!prod.pools["db"].anti_affinity);
+        let (cfg, _) = c.engine.resolve().unwrap();
+        assert_eq!(cfg.ha_guests, proxbalance_engine::HaGuests::Skip);
+    }
+
+    #[test]
     fn engine_section_is_applied() {
         let c = Config::from_toml(
             "[engine]\npreset = \"aggressive\"\n[engine.penalties]\nmin_score_improvement = 20\n[engine.thresholds]\ncpu = 70\n",

@@ -312,6 +312,14 @@ fn a_status_with_hostile_ha_rules_is_refused_naming_the_field() {
         refused_status(vec![many]),
         "too_many_items | ha_rules[0].vmids: 100001 entries exceed the limit of 100000"
     );
+    let names: Vec<String> = (0..10_001).map(|i| format!("n{i}")).collect();
+    assert_eq!(
+        refused_status(vec![rule(
+            "wide",
+            names.iter().map(String::as_str).collect()
+        )]),
+        "too_many_items | ha_rules[0].nodes: 10001 entries exceed the limit of 10000"
+    );
     assert_eq!(
         refused_status(vec![rule("r", vec!["a"]); 10_001]),
         "too_many_items | ClusterStatus.ha_rules: 10001 entries exceed the limit of 10000"
