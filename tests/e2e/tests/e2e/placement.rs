@@ -449,6 +449,13 @@ async fn an_upgrade_from_pve8_to_pve9_moves_from_groups_to_rules_without_a_resta
 
 // ---------------------------------------------------------------- pvesim to gRPC
 
+/// A rule of `proxbalance state --format json`: name, kind, strict, source, guests, and nodes as
+/// `node:priority:allowed`.
+type StateRule = (String, String, bool, String, Vec<u64>, Vec<String>);
+
+/// An unresolved violation: rule kind, node, rule name, guests, detail.
+type UnresolvedRow<'a> = (&'a str, &'a str, Option<&'a str>, &'a [u32], &'a str);
+
 /// nats-server, the collector of `scenario` and the recommender with [`config`], after the
 /// first cycle's recomputation.
 struct Pipeline {
@@ -676,7 +683,7 @@ async fn plans_within_the_rules(flavour: Flavour, ha: &str) {
     .await
     .expect("state");
     let v: serde_json::Value = serde_json::from_str(&json).expect("json");
-    let rules: Vec<(String, String, bool, String, Vec<u64>, Vec<String>)> = v["rules"]
+    let rules: Vec<StateRule> = v["rules"]
         .as_array()
         .expect("rules")
         .iter()
@@ -818,7 +825,7 @@ async fn pve_balancing_ha_itself_leaves_the_ha_guests_to_it() {
         ]
     );
     // The HA rules 101 and 102 break stay reported, left to Proxmox.
-    let unresolved: Vec<(&str, &str, Option<&str>, &[u32], &str)> = p
+    let unresolved: Vec<UnresolvedRow<'_>> = p
         .set
         .unresolved
         .iter()
