@@ -28,10 +28,8 @@ use crate::support::{
 /// The scenario of the module documentation, on `flavour` (`version` when given), with
 /// `cluster_extra` lines in `[cluster]`.
 fn scenario(flavour: Flavour, version: Option<&str>, cluster_extra: &str) -> String {
-    let (flavour_name, rules) = match flavour {
-        Flavour::Pve9 => (
-            "pve9",
-            r#"
+    // Node affinity: PVE 9 rules, PVE 8 groups of the same names.
+    let mut rules = r#"
 [[ha_rules]]
 rule = "pin-101"
 type = "node-affinity"
@@ -44,7 +42,13 @@ rule = "prefer-pve2"
 type = "node-affinity"
 resources = "vm:102"
 nodes = "pve2:2,pve3:1"
-
+"#
+    .to_owned();
+    let flavour_name = match flavour {
+        Flavour::Pve9 => {
+            // Resource affinity exists only in PVE 9.
+            rules.push_str(
+                r#"
 [[ha_rules]]
 rule = "apart"
 type = "resource-affinity"
@@ -59,24 +63,10 @@ resources = "vm:101,vm:102"
 affinity = "positive"
 disable = true
 "#,
-        ),
-        Flavour::Pve8 => (
-            "pve8",
-            r#"
-[[ha_rules]]
-rule = "pin-101"
-type = "node-affinity"
-resources = "vm:101"
-nodes = "pve1"
-strict = true
-
-[[ha_rules]]
-rule = "prefer-pve2"
-type = "node-affinity"
-resources = "vm:102"
-nodes = "pve2:2,pve3:1"
-"#,
-        ),
+            );
+            "pve9"
+        }
+        Flavour::Pve8 => "pve8",
     };
     let version = version.map_or(String::new(), |v| format!("version = \"{v}\"\n"));
     let mut text = format!(
@@ -127,8 +117,18 @@ load = {{ shape = "steady", cpu = 0.1, mem = 0.5, noise = 0.0 }}
 "#
         ));
     }
-    text.push_str(rules);
+    text.push_str(&rules);
     text
+}
+
+/// The scenario on PVE 9.2 with PVE balancing HA resources itself (`crs` `ha=dynamic`,
+/// `ha-auto-rebalance`).
+fn pve_balancing_ha() -> String {
+    scenario(
+        Flavour::Pve9,
+        Some("9.2.0"),
+        "crs_ha = \"dynamic\"\ncrs_auto_rebalance = true",
+    )
 }
 
 /// The recommender's configuration: HA guests planned, pool rules, pve4's reserve.
@@ -268,15 +268,7 @@ fn expected_pools() -> Vec<(u32, String)> {
 
 #[tokio::test]
 async fn collector_reads_pve9_rules_and_crs_every_cycle() {
-    let sim = scenario_sim(
-        &scenario(
-            Flavour::Pve9,
-            Some("9.2.0"),
-            "crs_ha = \"dynamic\"\ncrs_auto_rebalance = true",
-        ),
-        "rules",
-    )
-    .await;
+    let sim = scenario_sim(&pve_balancing_ha(), "rules").await;
     let mut c = collector(&sim);
     for cycle in 1..=2 {
         sim.advance(10.0);
@@ -321,15 +313,7 @@ async fn collector_reads_pve8_groups_with_the_resources_naming_them() {
 
 #[tokio::test]
 async fn failed_reads_keep_the_rules_and_crs_last_read_and_name_the_error() {
-    let sim = scenario_sim(
-        &scenario(
-            Flavour::Pve9,
-            Some("9.2.0"),
-            "crs_ha = \"dynamic\"\ncrs_auto_rebalance = true",
-        ),
-        "rules",
-    )
-    .await;
+    let sim = scenario_sim(&pve_balancing_ha(), "rules").await;
     let mut c = collector(&sim);
     let first = c.collect().await;
     assert_eq!(first.status.ha_rules, pve9_rules());
@@ -524,6 +508,23 @@ impl Pipeline {
         format!("http://{}", self.rec.service.grpc_addr())
     }
 
+    /// `proxbalance state --format json` against the recommender.
+    async fn state_json(&self) -> serde_json::Value {
+        let server = self.server();
+        let json = cli(&[
+            "state",
+            "--server",
+            &server,
+            "--cluster",
+            "rules",
+            "--format",
+            "json",
+        ])
+        .await
+        .expect("state");
+        serde_json::from_str(&json).expect("json")
+    }
+
     /// `proxbalance options` of `vmid`: target → gate reason.
     async fn gates(&self, vmid: u32) -> Vec<(String, Option<String>)> {
         let options = self
@@ -553,15 +554,19 @@ impl Pipeline {
     }
 }
 
-fn moves(set: &pb::RecommendationSet) -> Vec<(u32, String, String, String)> {
+/// Every recommendation as `vmid from → to: command (reason kind)`.
+fn moves(set: &pb::RecommendationSet) -> Vec<String> {
     set.recommendations
         .iter()
         .map(|r| {
-            (
-                r.vmid,
-                r.source_node.clone(),
-                r.target_node.clone(),
-                r.command.clone(),
+            let kind = r
+                .reason
+                .as_ref()
+                .and_then(|x| pb::ReasonKind::try_from(x.kind).ok())
+                .map_or("none", |k| k.as_str_name());
+            format!(
+                "{} {} -> {}: {} ({kind})",
+                r.vmid, r.source_node, r.target_node, r.command
             )
         })
         .collect()
@@ -579,54 +584,12 @@ fn skipped(set: &pb::RecommendationSet) -> Vec<(u32, i32, String)> {
 /// nothing.
 async fn plans_within_the_rules(flavour: Flavour, ha: &str) {
     let p = Pipeline::start(&scenario(flavour, None, "")).await;
-    use pb::ReasonKind as R;
-    let reasons: Vec<(u32, String, String, String, i32)> = p
-        .set
-        .recommendations
-        .iter()
-        .map(|r| {
-            (
-                r.vmid,
-                r.source_node.clone(),
-                r.target_node.clone(),
-                r.command.clone(),
-                r.reason.as_ref().map_or(0, |x| x.kind),
-            )
-        })
-        .collect();
-    let m = |vmid, from: &str, to: &str, cmd: &str, kind: R| {
-        (
-            vmid,
-            from.to_owned(),
-            to.to_owned(),
-            cmd.to_owned(),
-            kind as i32,
-        )
-    };
     assert_eq!(
-        reasons,
+        moves(&p.set),
         [
-            m(
-                102,
-                "pve1",
-                "pve2",
-                "ha-manager crm-command migrate vm:102 pve2",
-                R::NodeAffinity
-            ),
-            m(
-                401,
-                "pve4",
-                "pve3",
-                "qm migrate 401 pve3 --online",
-                R::NodeAffinity
-            ),
-            m(
-                301,
-                "pve3",
-                "pve2",
-                "qm migrate 301 pve2 --online",
-                R::AntiAffinity
-            ),
+            "102 pve1 -> pve2: ha-manager crm-command migrate vm:102 pve2 (REASON_KIND_NODE_AFFINITY)",
+            "401 pve4 -> pve3: qm migrate 401 pve3 --online (REASON_KIND_NODE_AFFINITY)",
+            "301 pve3 -> pve2: qm migrate 301 pve2 --online (REASON_KIND_ANTI_AFFINITY)",
         ],
         "{:#?}",
         p.set
@@ -671,18 +634,7 @@ async fn plans_within_the_rules(flavour: Flavour, ha: &str) {
     );
 
     // `state` shows the rules the set was planned with, the CRS mode and the HA guests' fate.
-    let json = cli(&[
-        "state",
-        "--server",
-        &p.server(),
-        "--cluster",
-        "rules",
-        "--format",
-        "json",
-    ])
-    .await
-    .expect("state");
-    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let v = p.state_json().await;
     let rules: Vec<StateRule> = v["rules"]
         .as_array()
         .expect("rules")
@@ -794,34 +746,14 @@ async fn pve8_groups_pools_and_reserves_from_pvesim_to_grpc() {
 
 #[tokio::test]
 async fn pve_balancing_ha_itself_leaves_the_ha_guests_to_it() {
-    let p = Pipeline::start(&scenario(
-        Flavour::Pve9,
-        Some("9.2.0"),
-        "crs_ha = \"dynamic\"\ncrs_auto_rebalance = true",
-    ))
-    .await;
+    let p = Pipeline::start(&pve_balancing_ha()).await;
     assert_eq!(
         moves(&p.set),
         [
-            (
-                401,
-                "pve4".into(),
-                "pve3".into(),
-                "qm migrate 401 pve3 --online".into()
-            ),
-            (
-                301,
-                "pve3".into(),
-                "pve2".into(),
-                "qm migrate 301 pve2 --online".into()
-            ),
+            "401 pve4 -> pve3: qm migrate 401 pve3 --online (REASON_KIND_NODE_AFFINITY)",
+            "301 pve3 -> pve2: qm migrate 301 pve2 --online (REASON_KIND_ANTI_AFFINITY)",
             // 102 may not leave pve1 now; the balance moves another guest off it instead
-            (
-                103,
-                "pve1".into(),
-                "pve2".into(),
-                "qm migrate 103 pve2 --online".into()
-            ),
+            "103 pve1 -> pve2: qm migrate 103 pve2 --online (REASON_KIND_MEM_IMBALANCE)",
         ]
     );
     // The HA rules 101 and 102 break stay reported, left to Proxmox.
@@ -911,18 +843,7 @@ async fn ha_guests_are_planned_only_once_their_rules_are_read() {
         .collect();
     let ha = pb::SkipReason::HaManaged as i32;
     assert_eq!(ha_skips, [(101, ha), (102, ha)]);
-    let json = cli(&[
-        "state",
-        "--server",
-        &p.server(),
-        "--cluster",
-        "rules",
-        "--format",
-        "json",
-    ])
-    .await
-    .expect("state");
-    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let v = p.state_json().await;
     assert_eq!(v["ha_guests"], "skip_rules_unknown");
     assert_eq!(v["ha_rules"]["source"], "not_read");
     // The rules are read: 102 goes to the top node of its rule, 101 stays pinned.
@@ -932,16 +853,15 @@ async fn ha_guests_are_planned_only_once_their_rules_are_read() {
     // The cycle completed on its snapshots, planned with the previous status; its own status
     // brings the rules and the cycle is planned again.
     p.replanned().await;
-    let ha_moves: Vec<(u32, String, String, String)> =
-        moves(&p.set).into_iter().filter(|m| m.0 < 103).collect();
+    let ha_moves: Vec<String> = moves(&p.set)
+        .into_iter()
+        .filter(|m| m.starts_with("101 ") || m.starts_with("102 "))
+        .collect();
     assert_eq!(
         ha_moves,
-        [(
-            102,
-            "pve1".into(),
-            "pve2".into(),
-            "ha-manager crm-command migrate vm:102 pve2".into()
-        )]
+        [
+            "102 pve1 -> pve2: ha-manager crm-command migrate vm:102 pve2 (REASON_KIND_NODE_AFFINITY)"
+        ]
     );
     p.stop().await;
 }

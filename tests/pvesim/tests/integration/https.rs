@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use pvesim::{DownMode, Fault, RunningSim, Scenario, Simulator};
 use serde_json::Value;
 
-const TOKEN: &str = "PVEAPIToken=collector@pve!lb=0b9d3f4e-1111-2222-3333-444455556666";
+pub(crate) const TOKEN: &str = "PVEAPIToken=collector@pve!lb=0b9d3f4e-1111-2222-3333-444455556666";
 
 fn scenario(flavour: &str) -> Scenario {
     Scenario::from_toml_str(&format!(
@@ -74,7 +74,8 @@ status = "stopped"
     .expect("scenario")
 }
 
-fn client(ca_pem: &str) -> reqwest::Client {
+/// A client trusting the CA of `ca_pem` only.
+pub(crate) fn client(ca_pem: &str) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("ca");
     reqwest::Client::builder()

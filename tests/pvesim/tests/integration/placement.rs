@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use pvesim::{RunningSim, Scenario, Simulator};
 use serde_json::{Value, json};
 
-const TOKEN: &str = "PVEAPIToken=collector@pve!lb=0b9d3f4e-1111-2222-3333-444455556666";
+use crate::https::{TOKEN, client};
 
 /// Three nodes; guests 100, 101 (VMs) and 200 (a container) HA-managed; 300 and 301 in pool
 /// `db`; `rules` appended as given.
@@ -44,15 +44,10 @@ secret = "0b9d3f4e-1111-2222-3333-444455556666"
 }
 
 async fn start(scenario: Scenario) -> (RunningSim, reqwest::Client) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let sim = Simulator::start(scenario, SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .expect("start");
-    let ca = reqwest::Certificate::from_pem(sim.ca_pem().as_bytes()).expect("ca");
-    let c = reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .build()
-        .expect("client");
+    let c = client(&sim.ca_pem());
     (sim, c)
 }
 
