@@ -233,7 +233,7 @@ pub struct EngineConfig {
 /// `anti_affinity` named `pool:<pool>`, `pin` named `pool:<pool>` too, or `pool:<pool>:pin`
 /// when the pool also has one of the others. A table asking nothing makes no rule (in a
 /// cluster's `pools`, it removes the global entry there).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolRules {
     /// Keep the pool's guests on one node.
@@ -255,7 +255,7 @@ fn yes() -> bool {
 }
 
 /// Settings of one cluster (`[engine.clusters.<cluster>]`).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterEngineConfig {
     /// Memory every node of the cluster holds back from guests, GiB (instead of
@@ -271,7 +271,7 @@ pub struct ClusterEngineConfig {
 }
 
 /// Settings of one node (`[engine.clusters.<cluster>.nodes.<node>]`).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeEngineConfig {
     /// Memory the node holds back from guests, GiB (instead of the cluster's or the global

@@ -55,6 +55,11 @@ impl Placement {
         }
     }
 
+    /// The per-cluster settings of `cluster` (reserves, nodes, pools), if it has any.
+    pub fn cluster(&self, cluster: &str) -> Option<&ClusterEngineConfig> {
+        self.clusters.get(cluster)
+    }
+
     /// The pool rules in force in `cluster`: the global ones, each replaced by the cluster's
     /// entry of the same pool.
     pub fn pools_of(&self, cluster: &str) -> BTreeMap<&str, &PoolRules> {

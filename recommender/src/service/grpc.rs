@@ -442,6 +442,9 @@ impl Recommender for Service {
                     "raise_cycles": s.overload.raise_cycles,
                     "clear_cycles": s.overload.clear_cycles,
                 },
+                // The pool rules in force there (or everywhere), and the cluster's reserves.
+                "pools": s.placement.pools_of(&cluster),
+                "cluster": s.placement.cluster(&cluster),
             }))
             .map_err(|e| Status::internal(e.to_string()))?;
             Ok(Response::new(pb::GetConfigResponse {

@@ -721,6 +721,30 @@ async fn plans_within_the_rules(flavour: Flavour, ha: &str) {
         v["crs"],
         serde_json::json!({"ha": "basic", "auto_rebalance": false, "pve_balances_ha": false})
     );
+    // GetConfig of the cluster gives its pool rules and reserves.
+    let config = p
+        .rec
+        .client
+        .clone()
+        .get_config(pb::GetConfigRequest {
+            cluster: "rules".into(),
+        })
+        .await
+        .expect("config")
+        .into_inner();
+    let config: serde_json::Value = serde_json::from_str(&config.config_json).expect("json");
+    assert_eq!(
+        config["pools"],
+        serde_json::json!({
+            "db": {"affinity": false, "anti_affinity": true, "pin": [], "strict": true},
+            "web": {"affinity": false, "anti_affinity": false, "pin": ["pve3"], "strict": true},
+        })
+    );
+    assert_eq!(
+        config["cluster"],
+        serde_json::json!({"node_reserve_gb": null, "node_reserve_percent": null,
+            "nodes": {"pve4": {"reserve_gb": 60.0}}, "pools": {}})
+    );
     let table = cli(&["state", "--server", &p.server(), "--cluster", "rules"])
         .await
         .expect("state");
