@@ -4,6 +4,7 @@
 //! the order that decides which reason a guest or target gets when several apply.
 
 use crate::config::HaGuests;
+use crate::rules::{Rule, RuleSource};
 use crate::set::SkipReason;
 use crate::view::{Cluster, Guest};
 
@@ -135,6 +136,18 @@ impl TargetGate {
             TargetGate::IowaitStressed => "target under IOWait stress",
             TargetGate::EmptiesSource => "would leave its source without running guests",
             TargetGate::SplitsGroup => "would leave a guest of its strict affinity rule behind",
+        }
+    }
+
+    /// The refusal as shown to people: a rule's gate names the rule that refuses, e.g.
+    /// `pinned elsewhere (tag pin_pve1 of 2)` or `anti-affinity conflict (rule pool:db)`; a
+    /// guest's own `exclude_` tag goes unnamed (the guest's tags already say it).
+    pub fn describe(self, rule: Option<&Rule>) -> String {
+        match rule {
+            Some(r) if !(self == TargetGate::AntiAffinity && r.source == RuleSource::Tag) => {
+                format!("{} ({})", self.as_str(), r.label())
+            }
+            _ => self.as_str().to_owned(),
         }
     }
 

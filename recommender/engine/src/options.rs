@@ -4,7 +4,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::gates::TargetGate;
 use crate::reference::Generator;
-use crate::rules::RuleSource;
 use crate::score::ScoreDetails;
 use crate::set::SkipReason;
 use crate::view::Cluster;
@@ -87,18 +86,12 @@ pub fn migration_options(cluster: &Cluster, vmid: u32) -> Result<MigrationOption
                 Some("node in maintenance".to_owned())
             } else {
                 planner.target_gate(guest, ti).map(|gate| {
-                    // a rule's gate names the rule, unless it is a guest's own exclude_ tag
                     let rule = match gate {
                         TargetGate::PinnedElsewhere => planner.refusing_pin(guest, ti),
-                        TargetGate::AntiAffinity => planner
-                            .refusing_anti_affinity(guest, ti)
-                            .filter(|r| r.source != RuleSource::Tag),
+                        TargetGate::AntiAffinity => planner.refusing_anti_affinity(guest, ti),
                         _ => None,
                     };
-                    match rule {
-                        Some(r) => format!("{} ({})", gate.as_str(), r.label()),
-                        None => gate.as_str().to_owned(),
-                    }
+                    gate.describe(rule)
                 })
             };
             TargetOption {

@@ -414,6 +414,21 @@ fn view_rules_bind_and_are_named_where_they_refuse() {
         pve2.gate_reason.as_deref(),
         Some("pinned elsewhere (rule ha:prefer-pve3)")
     );
+    // the plan names the rules where it says why a guest stays
+    let stays = |vmid: u32| {
+        set.skipped
+            .iter()
+            .find(|s| s.vmid == vmid)
+            .map(|s| (s.reason, s.detail.as_str()))
+    };
+    assert_eq!(
+        stays(4),
+        Some((
+            SkipReason::NoSuitableTarget,
+            "every target was refused: pve1: pinned elsewhere (rule ha:prefer-pve3); \
+             pve2: pinned elsewhere (rule ha:prefer-pve3)"
+        ))
+    );
     // a soft anti-affinity rule only costs: the planner still separates the two, here by a
     // move memory balance wanted anyway
     v["rules"][0]["strict"] = json!(false);

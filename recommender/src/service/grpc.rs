@@ -293,12 +293,16 @@ fn fresh_enough(shared: &Shared, cluster: &str, data_at_ms: i64) -> Result<i64, 
 /// Builds the cluster model with the overrides applied (blocking: the view of a large cluster
 /// takes milliseconds).
 fn tuned_cluster(shared: &Shared, cluster: &str, ov: engine::Overrides) -> Result<Tuned, Status> {
-    let (view, data_at_ms) = {
+    let (view, data_at_ms, ha_rules_known) = {
         let state = shared.read();
         if !state.knows(cluster) {
             return Err(unknown_cluster(shared, &state, cluster));
         }
-        (state.view(cluster, wall_ms()), state.data_time_ms(cluster))
+        (
+            state.view(cluster, wall_ms()),
+            state.data_time_ms(cluster),
+            state.ha_rules_known(cluster),
+        )
     };
     let (Some(view), Some(data_at_ms)) = (view, data_at_ms) else {
         return Err(Status::unavailable(format!(
@@ -310,6 +314,13 @@ fn tuned_cluster(shared: &Shared, cluster: &str, ov: engine::Overrides) -> Resul
         .validate()
         .map_err(|e| Status::internal(format!("cluster view: {e}")))?;
     model.apply(&ov).map_err(bad_override)?;
+    if model.config.ha_guests == engine::HaGuests::Recommend && !ha_rules_known {
+        return Err(Status::failed_precondition(format!(
+            "overrides.penalties.ha_guests: the HA rules of cluster {cluster:?} have not been \
+             read yet, so its HA guests cannot be planned within them; try again after the \
+             collector's next cycle"
+        )));
+    }
     Ok(Tuned {
         model,
         overrides: ov,

@@ -204,6 +204,14 @@ impl State {
             .collect()
     }
 
+    /// Whether the cluster's Proxmox HA rules (or groups) have been read: until then its HA
+    /// guests are not planned, whatever `ha_guests` says.
+    pub fn ha_rules_known(&self, cluster: &str) -> bool {
+        self.clusters
+            .get(cluster)
+            .is_some_and(|c| crate::placement::ha_rules_known(c.status.as_ref()))
+    }
+
     /// Whether the cluster is known (some message named it).
     pub fn knows(&self, cluster: &str) -> bool {
         self.clusters.contains_key(cluster)

@@ -283,14 +283,29 @@ impl<'a> Search<'a> {
     }
 
     /// Refusal reasons as text: `pve2: insufficient memory capacity; …` (the first three).
-    fn refusals_text(&self, refused: &[(usize, TargetGate)]) -> String {
+    fn refusals_text(&self, u: &Unit, refused: &[(usize, TargetGate)]) -> String {
         if refused.is_empty() {
             return "no other online node outside maintenance".to_owned();
         }
+        let cluster = self.sim.cluster;
+        let d = u.demand();
         let list: Vec<String> = refused
             .iter()
             .take(3)
-            .map(|&(ti, gate)| format!("{}: {}", self.sim.cluster.nodes[ti].name, gate.as_str()))
+            .map(|&(ti, gate)| {
+                let rule = match gate {
+                    TargetGate::PinnedElsewhere => {
+                        d.pins.iter().find(|&&r| !self.sim.groups.pin_allows(r, ti))
+                    }
+                    TargetGate::AntiAffinity => d
+                        .exclude
+                        .iter()
+                        .find(|&&r| self.sim.groups.exclude_present(ti, r)),
+                    _ => None,
+                };
+                let text = gate.describe(rule.map(|&r| &cluster.rules[r]));
+                format!("{}: {text}", cluster.nodes[ti].name)
+            })
             .collect();
         format!("every target was refused: {}", list.join("; "))
     }
@@ -395,7 +410,7 @@ impl<'a> Search<'a> {
                                 .iter()
                                 .map(|&gi| cluster.guests[gi].vmid)
                                 .collect(),
-                            detail: self.refusals_text(&refused),
+                            detail: self.refusals_text(&p, &refused),
                         });
                     }
                 }
@@ -449,7 +464,7 @@ impl<'a> Search<'a> {
                                 self.apply(u, to, Some(MoveTerm::NodeAffinity), false);
                                 None
                             }
-                            (None, refused) => Some(self.refusals_text(&refused)),
+                            (None, refused) => Some(self.refusals_text(u, &refused)),
                         }
                     }
                 };
@@ -624,7 +639,7 @@ impl<'a> Search<'a> {
             Some(u) => {
                 let src = self.source_side(&u);
                 let (_, refused) = self.best_target(&u, &src, &MANDATORY_GATES);
-                self.refusals_text(&refused)
+                self.refusals_text(&u, &refused)
             }
         };
         Unresolved {
@@ -697,7 +712,7 @@ impl<'a> Search<'a> {
                     (None, refused) => blocked.push(format!(
                         "{}: {}",
                         cluster.guests[gi].vmid,
-                        self.refusals_text(&refused)
+                        self.refusals_text(&u, &refused)
                     )),
                 }
             }
@@ -1137,6 +1152,23 @@ impl<'a> Search<'a> {
                     &PLANNER_TARGET_GATES
                 };
                 let src = self.source_side(&u);
+                // a guest the gates let go nowhere is told so, not what its moves would cost
+                let d = u.demand();
+                let open = self
+                    .eligible
+                    .iter()
+                    .any(|&t| t != u.node && first_refusal(gates, &self.sim, &d, t).is_none());
+                if !open {
+                    let (_, refused) = self.best_target(&u, &src, gates);
+                    out.push((
+                        u.members.clone(),
+                        (
+                            SkipReason::NoSuitableTarget,
+                            self.refusals_text(&u, &refused),
+                        ),
+                    ));
+                    continue;
+                }
                 let cost = self.w.cost(u.contribution.mem_max_gb);
                 // what balancing knew, where it still holds: a bound below the cost stays
                 // below it, and a unit no target would take is checked again only for its
@@ -1205,7 +1237,10 @@ impl<'a> Search<'a> {
                     let (_, refused) = self.best_target(&u, &src, gates);
                     out.push((
                         u.members.clone(),
-                        (SkipReason::NoSuitableTarget, self.refusals_text(&refused)),
+                        (
+                            SkipReason::NoSuitableTarget,
+                            self.refusals_text(&u, &refused),
+                        ),
                     ));
                     continue;
                 }
@@ -1213,7 +1248,10 @@ impl<'a> Search<'a> {
                 let reason = match found {
                     None => {
                         let (_, refused) = self.best_target(&u, &src, gates);
-                        (SkipReason::NoSuitableTarget, self.refusals_text(&refused))
+                        (
+                            SkipReason::NoSuitableTarget,
+                            self.refusals_text(&u, &refused),
+                        )
                     }
                     Some((to, gain)) => (
                         SkipReason::InsufficientImprovement,

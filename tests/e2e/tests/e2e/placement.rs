@@ -603,15 +603,26 @@ async fn plans_within_the_rules(flavour: Flavour, ha: &str) {
     assert_eq!(
         skips,
         [
-            (101, S::InsufficientImprovement as i32),
+            (101, S::NoSuitableTarget as i32),
             (103, S::InsufficientImprovement as i32),
             (201, S::InsufficientImprovement as i32),
             (302, S::InsufficientImprovement as i32),
             (402, S::NoSuitableTarget as i32),
         ]
     );
-    // 101 may go nowhere but pve1, and the refusal names the HA rule.
+    // 101 may go nowhere but pve1, and the refusal names the HA rule, in the plan and in
+    // `options`.
     let pin = format!("pinned elsewhere (rule {ha}:pin-101)");
+    let why = skipped(&p.set)
+        .into_iter()
+        .find(|(v, _, _)| *v == 101)
+        .map(|(_, _, detail)| detail);
+    assert_eq!(
+        why,
+        Some(format!(
+            "every target was refused: pve2: {pin}; pve3: {pin}; pve4: {pin}"
+        ))
+    );
     assert_eq!(
         p.gates(101).await,
         [
@@ -870,6 +881,28 @@ async fn ha_guests_are_planned_only_once_their_rules_are_read() {
     let v = p.state_json().await;
     assert_eq!(v["ha_guests"], "skip_rules_unknown");
     assert_eq!(v["ha_rules"]["source"], "not_read");
+    // Nor can a request ask for them by an override.
+    let err = p
+        .rec
+        .client
+        .clone()
+        .get_recommendations(pb::GetRecommendationsRequest {
+            cluster: "rules".into(),
+            overrides: Some(pb::Overrides {
+                penalties: [("ha_guests".to_owned(), "recommend".to_owned())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        err.message(),
+        "overrides.penalties.ha_guests: the HA rules of cluster \"rules\" have not been read \
+         yet, so its HA guests cannot be planned within them; try again after the collector's \
+         next cycle"
+    );
     // The rules are read: 102 goes to the top node of its rule, 101 stays pinned.
     p.driver.sim.clear_faults();
     let out = p.cycle().await;
