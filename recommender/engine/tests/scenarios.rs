@@ -21,19 +21,7 @@ fn target<'a>(
 /// Seed scenario 1: 90 % committed and 60 % used is refused as a target.
 #[test]
 fn committed_memory_gate_refuses_a_full_node() {
-    let v = view_json(
-        vec![
-            node("src", 16, 64.0, 88.0, 80.0, 2.0),
-            node("full", 16, 64.0, 20.0, 60.0, 2.0),
-            node("roomy", 16, 128.0, 30.0, 40.0, 2.0),
-        ],
-        vec![
-            guest(999, "src", 50.0, 4, 6.0, 8.0),
-            guest(1, "full", 5.0, 2, 19.2, 28.8),
-            guest(2, "full", 5.0, 2, 19.2, 28.8),
-            guest(3, "roomy", 5.0, 2, 20.0, 20.0),
-        ],
-    );
+    let v = seed_full_node_view(vec![]);
     let c = reference(&v);
     let full = &c.nodes[c.node_index("full").expect("full")];
     assert!((full.committed_mem_gb - 57.6).abs() < 1e-9);
@@ -148,24 +136,7 @@ fn cpu_stability_factor() {
 /// Seed scenario 4: sustained IOWait selects the highest-disk-I/O guests; a spike does not.
 #[test]
 fn iowait_triggers_only_when_sustained() {
-    let mib = 1_048_576.0;
-    let io = |g: serde_json::Value, mbps: f64| with(g, "disk_read_bps", json!(mbps * mib));
-    let v = view_json(
-        vec![
-            steady_history(node("hot-io", 32, 256.0, 30.0, 40.0, 35.0), 25.0),
-            steady_history(node("spike-io", 32, 256.0, 30.0, 40.0, 35.0), 8.0),
-            steady_history(node("calm-a", 32, 256.0, 20.0, 30.0, 1.0), 1.0),
-            steady_history(node("calm-b", 32, 256.0, 22.0, 30.0, 1.0), 1.0),
-        ],
-        vec![
-            io(guest(11, "hot-io", 10.0, 2, 4.0, 8.0), 150.0),
-            io(guest(12, "hot-io", 10.0, 2, 4.0, 8.0), 100.0),
-            io(guest(13, "hot-io", 10.0, 2, 4.0, 8.0), 50.0),
-            guest(14, "hot-io", 10.0, 2, 4.0, 8.0),
-            io(guest(21, "spike-io", 10.0, 2, 4.0, 8.0), 150.0),
-            io(guest(22, "spike-io", 10.0, 2, 4.0, 8.0), 100.0),
-        ],
-    );
+    let v = seed_iowait_view();
     let set = plan(&reference(&v), None);
     assert_eq!(set.summary.iowait_stressed_nodes, ["hot-io"]);
     let relief: Vec<u32> = set

@@ -51,6 +51,20 @@ fn with_file<T>(v: &Value, f: impl FnOnce(&str) -> T) -> T {
     f(path.to_str().expect("utf-8 path"))
 }
 
+/// `plan --input - --format json` with `extra` arguments on `v`: the set, after checking the
+/// command succeeded.
+fn plan_json(v: &Value, extra: &[&str]) -> Value {
+    let mut args = vec!["plan", "--input", "-", "--format", "json"];
+    args.extend_from_slice(extra);
+    let out = run(&args, Some(&v.to_string()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
 fn refused(out: &Output) -> String {
     assert_eq!(
         out.status.code(),
@@ -68,24 +82,7 @@ fn refused(out: &Output) -> String {
 
 #[test]
 fn plan_json_has_the_documented_structure() {
-    let out = run(
-        &[
-            "plan",
-            "--input",
-            "-",
-            "--format",
-            "json",
-            "--set",
-            "planner=reference",
-        ],
-        Some(&view().to_string()),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let set: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let set = plan_json(&view(), &["--set", "planner=reference"]);
     for key in [
         "recommendations",
         "skipped",
@@ -161,16 +158,7 @@ fn plan_json_has_the_documented_structure() {
 
 #[test]
 fn the_cluster_planner_explains_its_plan_in_json() {
-    let out = run(
-        &["plan", "--input", "-", "--format", "json"],
-        Some(&view().to_string()),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let set: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let set = plan_json(&view(), &[]);
     assert_eq!(set["planner"], "cluster");
     let recs = set["recommendations"].as_array().expect("array");
     let moves: Vec<(u64, &str, &str)> = recs
@@ -272,82 +260,25 @@ fn plan_table_is_for_people() {
 #[test]
 fn tuning_flags_change_the_plan() {
     let v = view();
-    let out = with_file(&v, |p| {
-        run(
-            &[
-                "plan",
-                "--input",
-                p,
-                "--format",
-                "json",
-                "--set",
-                "min_move_gain=5000",
-            ],
-            None,
-        )
-    });
-    let set: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let set = plan_json(&v, &["--set", "min_move_gain=5000"]);
     assert_eq!(set["recommendations"].as_array().map(Vec::len), Some(0));
     assert_eq!(set["summary"]["active_preset"], "custom");
 
-    let out = with_file(&v, |p| {
-        run(
-            &[
-                "plan",
-                "--input",
-                p,
-                "--format",
-                "json",
-                "--set",
-                "max_moves=1",
-            ],
-            None,
-        )
-    });
-    let set: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let set = plan_json(&v, &["--set", "max_moves=1"]);
     assert_eq!(set["recommendations"].as_array().map(Vec::len), Some(1));
     assert_eq!(set["deferred"][0]["vmid"], 301);
     assert_eq!(set["deferred"][0]["reason"], "max_moves (1) reached");
 
-    let out = with_file(&v, |p| {
-        run(
-            &[
-                "plan",
-                "--input",
-                p,
-                "--format",
-                "json",
-                "--maintenance",
-                "pve3",
-                "--limit",
-                "1",
-            ],
-            None,
-        )
-    });
-    let set: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let set = plan_json(&v, &["--maintenance", "pve3", "--limit", "1"]);
     let recs = set["recommendations"].as_array().expect("recs");
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0]["reason"]["kind"], "maintenance_evacuation");
     assert_eq!(recs[0]["source_node"], "pve3");
 
-    let out = with_file(&v, |p| {
-        run(
-            &[
-                "plan",
-                "--input",
-                p,
-                "--format",
-                "json",
-                "--preset",
-                "conservative",
-                "--set",
-                "thresholds.cpu=90",
-            ],
-            None,
-        )
-    });
-    let set: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let set = plan_json(
+        &v,
+        &["--preset", "conservative", "--set", "thresholds.cpu=90"],
+    );
     assert_eq!(set["thresholds"]["cpu"], 90.0);
     assert_eq!(set["summary"]["active_preset"], "conservative");
 }

@@ -88,3 +88,49 @@ pub fn reference(v: &Value) -> Cluster {
     v["penalty_config"]["planner"] = json!("reference");
     cluster(&v)
 }
+
+// --- the seed's scenarios (docs/engine.md), one view each for both planners' tests
+
+/// Seed scenario 1: `full` is at 90 % committed and 60 % used; `src` is hot; `roomy` has room.
+/// `extra` guests join `src`'s.
+pub fn seed_full_node_view(extra: Vec<Value>) -> Value {
+    let mut guests = vec![guest(999, "src", 50.0, 4, 6.0, 8.0)];
+    guests.extend(extra);
+    guests.extend([
+        guest(1, "full", 5.0, 2, 19.2, 28.8),
+        guest(2, "full", 5.0, 2, 19.2, 28.8),
+        guest(3, "roomy", 5.0, 2, 20.0, 20.0),
+    ]);
+    view_json(
+        vec![
+            node("src", 16, 64.0, 88.0, 80.0, 2.0),
+            node("full", 16, 64.0, 20.0, 60.0, 2.0),
+            node("roomy", 16, 128.0, 30.0, 40.0, 2.0),
+        ],
+        guests,
+    )
+}
+
+/// Seed scenario 4: `hot-io` has sustained IOWait (35 now, 25 over 24 h) from guests 11–13
+/// (150, 100, 50 MiB/s; guest 14 does no disk I/O); `spike-io` has the same IOWait now but only
+/// 8 over 24 h; `calm-a` and `calm-b` are idle.
+pub fn seed_iowait_view() -> Value {
+    let mib = 1_048_576.0;
+    let io = |g: Value, mbps: f64| with(g, "disk_read_bps", json!(mbps * mib));
+    view_json(
+        vec![
+            steady_history(node("hot-io", 32, 256.0, 30.0, 40.0, 35.0), 25.0),
+            steady_history(node("spike-io", 32, 256.0, 30.0, 40.0, 35.0), 8.0),
+            steady_history(node("calm-a", 32, 256.0, 20.0, 30.0, 1.0), 1.0),
+            steady_history(node("calm-b", 32, 256.0, 22.0, 30.0, 1.0), 1.0),
+        ],
+        vec![
+            io(guest(11, "hot-io", 10.0, 2, 4.0, 8.0), 150.0),
+            io(guest(12, "hot-io", 10.0, 2, 4.0, 8.0), 100.0),
+            io(guest(13, "hot-io", 10.0, 2, 4.0, 8.0), 50.0),
+            guest(14, "hot-io", 10.0, 2, 4.0, 8.0),
+            io(guest(21, "spike-io", 10.0, 2, 4.0, 8.0), 150.0),
+            io(guest(22, "spike-io", 10.0, 2, 4.0, 8.0), 100.0),
+        ],
+    )
+}
