@@ -46,6 +46,9 @@ pub struct Config {
     /// The gRPC listener.
     #[serde(default)]
     pub grpc: GrpcConfig,
+    /// The web dashboard and its JSON API.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// Prometheus exporter.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -138,6 +141,26 @@ impl Default for GrpcConfig {
             keepalive_interval_ms: 30_000,
             keepalive_timeout_ms: 10_000,
             max_fresh_plans: None,
+        }
+    }
+}
+
+/// Web dashboard settings: served with the TLS and bearer token of `[grpc]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address of the dashboard and `/api/v1/` (`host:port`; port 0 picks a free
+    /// port); none = no dashboard.
+    pub listen: Option<String>,
+    /// Live streams (`/api/v1/stream`) open at once; more are refused with 503.
+    pub max_streams: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            max_streams: 64,
         }
     }
 }
@@ -438,6 +461,17 @@ impl Config {
                 format!("expected host:port, found {:?}", self.grpc.listen),
             ));
         }
+        if let Some(listen) = &self.http.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "http.listen",
+                format!("expected host:port, found {listen:?}"),
+            ));
+        }
+        if self.http.max_streams == 0 {
+            return Err(invalid("http.max_streams", "expected > 0"));
+        }
         let g = &self.grpc;
         match (&g.tls_cert_file, &g.tls_key_file) {
             (Some(_), None) => {
@@ -595,6 +629,18 @@ mod tests {
             err,
             "configuration, grpc.listen: expected host:port, found \"x\""
         );
+        let err = Config::from_toml("[http]\nlisten = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "configuration, http.listen: expected host:port, found \"localhost\""
+        );
+        let err = Config::from_toml("[http]\nmax_streams = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "configuration, http.max_streams: expected > 0");
+        assert!(Config::default().http.listen.is_none());
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! - [`convert`]: lossless conversion of the engine's output to and from protobuf.
 //! - [`placement`]: the view's placement rules (Proxmox HA rules and groups, pool rules) and
 //!   node reserves.
-//! - [`service`]: NATS ingest, event publishing and the gRPC server; [`run`] is the entry point.
+//! - [`service`]: NATS ingest, event publishing, the gRPC server and the web dashboard; [`run`]
+//!   is the entry point.
 //! - [`cli`]: the `proxbalance` command line (offline and against a running service).
 
 pub mod cli;

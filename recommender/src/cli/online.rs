@@ -17,6 +17,7 @@ use super::offline::{render_options, render_plan, to_json};
 use super::table::Table;
 use super::{CliError, EventsArgs, Format, RecommendationsArgs, ServerArgs, StateArgs, WatchArgs};
 use crate::convert;
+use crate::state::dashboard::{event_json, reason_word, state_word, status_word};
 
 const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 
@@ -213,33 +214,6 @@ fn pct(part: u64, total: u64) -> f64 {
         0.0
     } else {
         part as f64 / total as f64 * 100.0
-    }
-}
-
-fn status_word(s: i32) -> &'static str {
-    match pb::NodeStatus::try_from(s) {
-        Ok(pb::NodeStatus::Online) => "online",
-        Ok(pb::NodeStatus::Offline) => "offline",
-        Ok(pb::NodeStatus::Unreachable) => "unreachable",
-        _ => "unknown",
-    }
-}
-
-fn reason_word(r: i32) -> &'static str {
-    match pb::OverloadReason::try_from(r) {
-        Ok(pb::OverloadReason::Cpu) => "cpu",
-        Ok(pb::OverloadReason::Memory) => "memory",
-        Ok(pb::OverloadReason::Iowait) => "iowait",
-        Ok(pb::OverloadReason::MemOvercommit) => "mem_overcommit",
-        _ => "unspecified",
-    }
-}
-
-fn state_word(s: i32) -> &'static str {
-    match pb::OverloadState::try_from(s) {
-        Ok(pb::OverloadState::Raised) => "raised",
-        Ok(pb::OverloadState::Cleared) => "cleared",
-        _ => "unspecified",
     }
 }
 
@@ -610,18 +584,7 @@ pub(super) fn events(args: &EventsArgs, out: &mut dyn Write) -> Result<(), CliEr
             seen += 1;
             match args.format {
                 Format::Json => {
-                    let v = json!({
-                        "cluster": e.cluster,
-                        "node": e.node,
-                        "reason": reason_word(e.reason),
-                        "state": state_word(e.state),
-                        "value": e.value,
-                        "avg_24h": e.avg_24h,
-                        "threshold": e.threshold,
-                        "since_unix_ms": e.since_unix_ms,
-                        "at_unix_ms": e.at_unix_ms,
-                        "event_id": e.event_id,
-                    });
+                    let v = event_json(&e);
                     write_line(out, &v.to_string())?;
                 }
                 Format::Table => write_line(

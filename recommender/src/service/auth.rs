@@ -10,6 +10,10 @@
 //! but SERVING/NOT_SERVING. Reflection and `proxbalance.v1.Recommender` need the token. A call
 //! without `authorization: Bearer <token>`, or with another token, gets `UNAUTHENTICATED`
 //! before it reaches a handler; the token is compared in constant time and never logged.
+//!
+//! The web dashboard (`[http]`) is served with the same material: [`GrpcSecurity::http_tls`]
+//! is a rustls configuration built from the same certificate, key and client CA, and
+//! [`GrpcSecurity::authorizes`] is the same bearer check.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,6 +33,7 @@ pub const HEALTH_PATH_PREFIX: &str = "/grpc.health.v1.Health/";
 #[derive(Clone, Default)]
 pub struct GrpcSecurity {
     tls: Option<ServerTlsConfig>,
+    http_tls: Option<Arc<rustls::ServerConfig>>,
     token: Option<Arc<Secret>>,
 }
 
@@ -55,16 +60,79 @@ fn read_pem(path: &Path, field: &str) -> Result<Vec<u8>, ConfigError> {
     Ok(bytes)
 }
 
+/// The rustls configuration of the dashboard's HTTPS: the same certificate, key and client CA
+/// as gRPC's, HTTP/1.1 only.
+fn http_tls_config(
+    cert: &[u8],
+    key: &[u8],
+    client_ca: Option<&[u8]>,
+) -> Result<rustls::ServerConfig, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |field: &str, detail: String| ConfigError::Invalid {
+        field: field.to_owned(),
+        detail,
+    };
+    let certs = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("grpc.tls_cert_file", format!("not a PEM certificate: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key)
+        .map_err(|e| bad("grpc.tls_key_file", format!("not a PEM private key: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("grpc.tls_cert_file", e.to_string()))?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca) {
+                let c = c.map_err(|e| {
+                    bad(
+                        "grpc.tls_client_ca_file",
+                        format!("not a PEM certificate: {e}"),
+                    )
+                })?;
+                roots
+                    .add(c)
+                    .map_err(|e| bad("grpc.tls_client_ca_file", e.to_string()))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .map_err(|e| bad("grpc.tls_client_ca_file", e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        bad(
+            "grpc.tls_key_file",
+            format!("the certificate and key are not usable: {e}"),
+        )
+    })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 impl GrpcSecurity {
     /// Reads the certificate, key, client CA and token that `[grpc]` names.
     pub fn load(config: &GrpcConfig) -> Result<Self, ConfigError> {
+        let mut http_tls = None;
         let tls = match (&config.tls_cert_file, &config.tls_key_file) {
             (Some(cert), Some(key)) => {
                 let cert = read_pem(cert, "grpc.tls_cert_file")?;
                 let key = read_pem(key, "grpc.tls_key_file")?;
+                let client_ca = match &config.tls_client_ca_file {
+                    Some(ca) => Some(read_pem(ca, "grpc.tls_client_ca_file")?),
+                    None => None,
+                };
+                http_tls = Some(Arc::new(http_tls_config(
+                    &cert,
+                    &key,
+                    client_ca.as_deref(),
+                )?));
                 let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-                if let Some(ca) = &config.tls_client_ca_file {
-                    let ca = read_pem(ca, "grpc.tls_client_ca_file")?;
+                if let Some(ca) = client_ca {
                     tls = tls.client_ca_root(Certificate::from_pem(ca));
                 }
                 // Fails now, with the key named, rather than on the first connection.
@@ -89,7 +157,25 @@ impl GrpcSecurity {
             detail: e.detail,
         })?
         .map(Arc::new);
-        Ok(Self { tls, token })
+        Ok(Self {
+            tls,
+            http_tls,
+            token,
+        })
+    }
+
+    /// The dashboard's TLS configuration (built from the same files as gRPC's), when
+    /// `[grpc]` has a certificate.
+    pub fn http_tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.http_tls.clone()
+    }
+
+    /// Whether a request with `headers` may pass: no token is configured, or they carry
+    /// `authorization: Bearer <token>` (compared in constant time).
+    pub fn authorizes(&self, headers: &http::HeaderMap) -> bool {
+        self.token
+            .as_ref()
+            .is_none_or(|token| authorized(headers, token))
     }
 
     /// Whether the server speaks TLS.
@@ -240,6 +326,7 @@ mod tests {
     fn debug_hides_the_token() {
         let s = GrpcSecurity {
             tls: None,
+            http_tls: None,
             token: Some(Arc::new(Secret::new("t0k3n"))),
         };
         assert_eq!(

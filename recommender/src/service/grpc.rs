@@ -64,7 +64,11 @@ fn not_found(cluster: &str) -> Status {
 
 /// `NOT_FOUND` for a cluster nobody reported, but `UNAVAILABLE` while the recommender has no
 /// data at all yet (replay not done, or no snapshot received): it cannot tell yet.
-fn unknown_cluster(shared: &Shared, state: &crate::state::State, cluster: &str) -> Status {
+pub(super) fn unknown_cluster(
+    shared: &Shared,
+    state: &crate::state::State,
+    cluster: &str,
+) -> Status {
     if !shared.ready.load(std::sync::atomic::Ordering::Acquire) || state.cluster_names().is_empty()
     {
         Status::unavailable(format!(
@@ -109,8 +113,9 @@ pub(super) type EncodedStream = WatchStream<Encoded>;
 type FreshPermit = tokio::sync::OwnedSemaphorePermit;
 
 /// A fresh model and what it was built from.
-struct Tuned {
-    model: engine::Cluster,
+pub(super) struct Tuned {
+    /// The cluster's model with the overrides applied.
+    pub(super) model: engine::Cluster,
     overrides: engine::Overrides,
     data_at_ms: i64,
     age_ms: i64,
@@ -131,7 +136,7 @@ impl Service {
     /// threads (building the view, validating and planning a large cluster take tens of ms),
     /// holding one of the `grpc.max_fresh_plans` permits: beyond them `RESOURCE_EXHAUSTED`, so
     /// a burst of requests with overrides cannot take the CPUs cached answers and ingest need.
-    async fn compute_afresh<T: Send + 'static>(
+    pub(super) async fn compute_afresh<T: Send + 'static>(
         &self,
         cluster: &str,
         overrides: Option<&pb::Overrides>,
@@ -277,7 +282,7 @@ impl Service {
 /// The age of data observed at `data_at_ms` (0 when the collector's clock is ahead), or
 /// `UNAVAILABLE` past `state.max_answer_age_s`: the cluster's collector stopped, and an answer
 /// would describe the past as if it were now.
-fn fresh_enough(shared: &Shared, cluster: &str, data_at_ms: i64) -> Result<i64, Status> {
+pub(super) fn fresh_enough(shared: &Shared, cluster: &str, data_at_ms: i64) -> Result<i64, Status> {
     let age_ms = wall_ms().saturating_sub(data_at_ms).max(0);
     let limit_s = shared.config.state.max_answer_age_s;
     if age_ms / 1000 >= i64::try_from(limit_s).unwrap_or(i64::MAX) {

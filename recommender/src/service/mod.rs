@@ -1,4 +1,5 @@
-//! The recommender service: NATS ingest, recomputation, events and the gRPC server.
+//! The recommender service: NATS ingest, recomputation, events, the gRPC server and the web
+//! dashboard ([`http`]).
 //!
 //! [`start`] connects to NATS, makes sure the events stream exists, binds the gRPC listener and
 //! spawns the tasks; [`run`] is `start` followed by [`RunningService::wait`]. Everything stops
@@ -9,6 +10,7 @@ pub mod auth;
 mod encoded;
 mod events;
 mod grpc;
+pub mod http;
 mod ingest;
 mod maintenance;
 
@@ -42,6 +44,9 @@ pub mod metric {
     pub const RECOMPUTE_DURATION: &str = "proxbalance_recommender_recompute_duration_seconds";
     /// Histogram: gRPC call latency, seconds, by method and code.
     pub const GRPC_LATENCY: &str = "proxbalance_recommender_grpc_request_duration_seconds";
+    /// Histogram: dashboard HTTP request latency to the answer's headers, seconds, by route
+    /// and status.
+    pub const HTTP_LATENCY: &str = "proxbalance_recommender_http_request_duration_seconds";
     /// Counter: events published to JetStream, by kind.
     pub const EVENTS_PUBLISHED: &str = "proxbalance_recommender_events_published_total";
     /// Counter: event publishes that failed, by kind.
@@ -73,9 +78,11 @@ pub enum ServiceError {
         /// What failed.
         detail: String,
     },
-    /// The gRPC listener could not be bound.
-    #[error("grpc.listen {addr}: {source}")]
+    /// The gRPC or dashboard listener could not be bound.
+    #[error("{field} {addr}: {source}")]
     Bind {
+        /// The key naming the address (`grpc.listen`, `http.listen`).
+        field: &'static str,
         /// The address.
         addr: String,
         /// The OS error.
@@ -168,6 +175,27 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The shared state of a service with `config`, before any message.
+    pub fn new(
+        config: Config,
+        settings: StateSettings,
+        security: auth::GrpcSecurity,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        let (changes, _) = broadcast::channel(64);
+        Shared {
+            state: RwLock::new(State::new(settings)),
+            events,
+            changes,
+            ready: AtomicBool::new(false),
+            fresh_plans: Arc::new(tokio::sync::Semaphore::new(config.grpc.fresh_plans())),
+            config,
+            shutdown,
+            security,
+        }
+    }
+
     /// Reads the state (a poisoned lock is taken over: the state stays consistent per call).
     pub fn read(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
@@ -246,6 +274,7 @@ pub fn state_settings(config: &Config) -> Result<StateSettings, ConfigError> {
 #[derive(Debug)]
 pub struct RunningService {
     grpc_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     tasks: CriticalTasks,
     nats: async_nats::Client,
@@ -255,6 +284,12 @@ impl RunningService {
     /// The address the gRPC server listens on (the real port when configured with port 0).
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// The address the dashboard listens on, when `http.listen` is set (the real port when
+    /// configured with port 0).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The shared state (for tests and load drivers).
@@ -310,25 +345,38 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .map_err(|source| ServiceError::Bind {
+            field: "grpc.listen",
             addr: addr.clone(),
             source,
         })?;
-    let grpc_addr = listener
-        .local_addr()
-        .map_err(|source| ServiceError::Bind { addr, source })?;
+    let grpc_addr = listener.local_addr().map_err(|source| ServiceError::Bind {
+        field: "grpc.listen",
+        addr,
+        source,
+    })?;
+    let http_listener = match &config.http.listen {
+        Some(addr) => {
+            let bind_error = |source| ServiceError::Bind {
+                field: "http.listen",
+                addr: addr.clone(),
+                source,
+            };
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(bind_error)?;
+            let local = listener.local_addr().map_err(bind_error)?;
+            Some((listener, local))
+        }
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().map(|(_, a)| *a);
 
-    let (events_tx, _) = broadcast::channel(1024);
-    let (changes_tx, _) = broadcast::channel(64);
-    let shared = Arc::new(Shared {
-        state: RwLock::new(State::new(settings)),
-        events: events_tx,
-        changes: changes_tx,
-        ready: AtomicBool::new(false),
-        config: config.clone(),
-        shutdown: shutdown.clone(),
+    let shared = Arc::new(Shared::new(
+        config.clone(),
+        settings,
         security,
-        fresh_plans: Arc::new(tokio::sync::Semaphore::new(config.grpc.fresh_plans())),
-    });
+        shutdown.clone(),
+    ));
 
     let tasks = CriticalTasks::new(shutdown.clone());
     let (out_tx, out_rx) = mpsc::channel::<Outgoing>(4096);
@@ -365,7 +413,26 @@ pub async fn start(
             Duration::from_millis(config.grpc.shutdown_timeout_ms),
         ),
     );
+    if let Some((listener, _)) = http_listener {
+        let recent = Arc::new(http::Recent::default());
+        tasks.spawn("http-events", recent.clone().record(shared.clone()));
+        tasks.spawn(
+            "http",
+            http::serve(
+                shared.clone(),
+                listener,
+                recent,
+                Duration::from_millis(config.grpc.shutdown_timeout_ms),
+            ),
+        );
+    }
     tasks.close();
+    if let Some(addr) = http_addr {
+        tracing::info!(
+            dashboard = %format!("{}://{addr}/", if shared.security.tls() { "https" } else { "http" }),
+            "dashboard listening"
+        );
+    }
     tracing::info!(
         %grpc_addr,
         tls = shared.security.tls(),
@@ -374,6 +441,7 @@ pub async fn start(
     );
     Ok(RunningService {
         grpc_addr,
+        http_addr,
         shared,
         tasks,
         nats,

@@ -3,7 +3,7 @@
 //! messages are written around the encoded set ([`Encoded`]), never by cloning it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prost::Message as _;
 use prost::bytes::Bytes;
@@ -78,9 +78,33 @@ pub struct Cached {
     pub set_full: Bytes,
     /// The set message in the basic view ([`convert::basic_view`]), encoded once.
     pub set_basic: Bytes,
+    /// The set as JSON (what `proxbalance plan --format json` prints), encoded on first use
+    /// by the dashboard and kept with the set.
+    json: OnceLock<Bytes>,
 }
 
 impl Cached {
+    /// The set as JSON: the engine's form of the full set (what the CLI prints), encoded once
+    /// per set on first use and shared by every later answer.
+    pub fn set_json(&self) -> Result<Bytes, convert::ConvertError> {
+        if let Some(json) = self.json.get() {
+            return Ok(json.clone());
+        }
+        let set = convert::set_from_proto(&self.full)?;
+        let json: Bytes = serde_json::to_vec(&set)
+            .map_err(|e| convert::ConvertError {
+                field: "set".into(),
+                message: e.to_string(),
+            })?
+            .into();
+        Ok(self.json.get_or_init(|| json).clone())
+    }
+
+    /// Whether [`Cached::set_json`] has been encoded already.
+    pub fn has_json(&self) -> bool {
+        self.json.get().is_some()
+    }
+
     /// The encoded set in the full or the basic view.
     pub fn set_bytes(&self, full: bool) -> &Bytes {
         if full {
@@ -176,6 +200,7 @@ impl State {
             generation,
             cycle,
             data_at_ms,
+            json: OnceLock::new(),
         }));
         (event, changed)
     }
@@ -222,6 +247,22 @@ mod tests {
         assert_eq!(e2.removed_vmids, vec![gone]);
         assert!(e2.added_vmids.is_empty());
         assert_eq!(st.cached(&set.cluster).unwrap().generation, 2);
+    }
+
+    #[test]
+    fn the_json_of_a_set_is_what_the_cli_prints_and_is_encoded_once() {
+        let mut st = State::new(settings());
+        let cluster = engine::synthetic::cluster_view(6, 60, 3)
+            .validate()
+            .unwrap();
+        let set = engine::plan(&cluster, None);
+        st.store_set(set.clone(), 1, 1, 1);
+        let cached = st.cached(&set.cluster).unwrap().clone();
+        assert!(!cached.has_json());
+        let json = cached.set_json().unwrap();
+        assert!(cached.has_json());
+        assert_eq!(json.as_ref(), serde_json::to_vec(&set).unwrap().as_slice());
+        assert_eq!(cached.set_json().unwrap().as_ptr(), json.as_ptr());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`cache`]: the cached set of each cluster ([`State::store_set`], [`State::cached`]).
 //! - [`sweep`]: what the wall clock does: quiet nodes' overloads cleared, old nodes evicted.
 //! - [`answers`]: summaries and cluster states for gRPC.
+//! - [`dashboard`]: the overview, nodes and guests of the web dashboard.
 //! - [`event_ids`]: the `Nats-Msg-Id` of the published events.
 //!
 //! The caller applies a message; when it completes a cycle, it evaluates overload and
@@ -15,6 +16,7 @@
 
 pub mod answers;
 pub mod cache;
+pub mod dashboard;
 pub mod event_ids;
 pub mod ingest;
 pub mod limits;
