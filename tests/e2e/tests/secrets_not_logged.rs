@@ -207,7 +207,7 @@ async fn no_secret_appears_in_logs_or_errors() {
     let grpc_token = write_file(d, "grpc-token", GRPC_TOKEN);
     let running = proxbalance_recommender::start(
         recommender(&format!(
-            "user = \"recommender\"\npassword_file = {recommender_pw:?}\n[grpc]\ntoken_file = {grpc_token:?}"
+            "user = \"recommender\"\npassword_file = {recommender_pw:?}\n[grpc]\ntoken_file = {grpc_token:?}\n[http]\nlisten = \"127.0.0.1:0\""
         )),
         shutdown.clone(),
     )
@@ -251,6 +251,33 @@ async fn no_secret_appears_in_logs_or_errors() {
         }
         assert_eq!(got.map_or_else(|s| s.code(), |_| tonic::Code::Ok), code);
     }
+    // The dashboard's API takes the same token, in the same header.
+    let dashboard = format!("http://{}", running.http_addr().unwrap());
+    let http = reqwest::Client::new();
+    for (token, status) in [
+        (None, 401),
+        (Some(WRONG_GRPC_TOKEN), 401),
+        (Some(GRPC_TOKEN), 200),
+    ] {
+        for path in ["/api/v1/clusters", "/api/v1/clusters/demo"] {
+            let mut req = http.get(format!("{dashboard}{path}"));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status().as_u16(), status, "{path}");
+            capture.record(&format!("GET {path}: {}", r.text().await.unwrap()));
+        }
+    }
+    let mut live = http
+        .get(format!("{dashboard}/api/v1/stream"))
+        .bearer_auth(GRPC_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let hello = live.chunk().await.unwrap().unwrap();
+    capture.record(&String::from_utf8_lossy(&hello));
+    drop(live);
     shutdown.cancel();
     good.await.unwrap().unwrap();
     running.wait().await.unwrap();

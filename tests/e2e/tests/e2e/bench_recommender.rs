@@ -355,11 +355,11 @@ async fn get_recommendations_latency() {
 
 /// A recommender on a fresh nats-server (streams created), with a watch of every
 /// recomputation and a client whose HTTP/2 windows fit whole answers (as the CLI's).
-struct Loaded {
+pub(crate) struct Loaded {
     _nats: NatsServer,
     js: async_nats::jetstream::Context,
     token: CancellationToken,
-    svc: proxbalance_recommender::RunningService,
+    pub(crate) svc: proxbalance_recommender::RunningService,
     addr: String,
     watch: tonic::Streaming<pb::RecommendationsChanged>,
 }
@@ -380,7 +380,7 @@ async fn nats_with_streams() -> (NatsServer, async_nats::jetstream::Context) {
 }
 
 impl Loaded {
-    async fn start(configure: impl FnOnce(&mut Config)) -> Loaded {
+    pub(crate) async fn start(configure: impl FnOnce(&mut Config)) -> Loaded {
         let (nats, js) = nats_with_streams().await;
         let mut cfg = Config::default();
         cfg.nats.url = nats.url();
@@ -413,7 +413,7 @@ impl Loaded {
     }
 
     /// Publishes cycle `cycle` of every view and waits until each was recomputed.
-    async fn cycle(&mut self, views: &[ClusterView], cycle: u64) {
+    pub(crate) async fn cycle(&mut self, views: &[ClusterView], cycle: u64) {
         let subjects = Subjects::default();
         let at = now_ms();
         let mut msgs = Vec::new();
@@ -442,14 +442,14 @@ impl Loaded {
         }
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.token.cancel();
         self.svc.wait().await.expect("stop");
     }
 }
 
 /// `clusters` synthetic clusters of 64 nodes and 4,000 guests, named `c0`, `c1`, …
-fn large_clusters(clusters: usize) -> Vec<ClusterView> {
+pub(crate) fn large_clusters(clusters: usize) -> Vec<ClusterView> {
     (0..clusters)
         .map(|i| {
             let mut v = cluster_view(64, 4000, 42 + i as u64);

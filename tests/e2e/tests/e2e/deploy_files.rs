@@ -743,7 +743,11 @@ fn recommender_example_is_accepted_by_the_recommender() {
     // Every key of the [nats] and [grpc] tables appears (set, or commented out).
     let source = read(&root().join("recommender/src/config.rs"));
     let example = read(&path);
-    for (strukt, header) in [("NatsConfig", "[nats]"), ("GrpcConfig", "[grpc]")] {
+    for (strukt, header) in [
+        ("NatsConfig", "[nats]"),
+        ("GrpcConfig", "[grpc]"),
+        ("HttpConfig", "[http]"),
+    ] {
         let fields = table_keys(&source, strukt, header);
         assert_eq!(documented_keys(&example, header), fields, "{header}");
     }
@@ -920,12 +924,15 @@ fn compose_runs_the_demo_with_valid_configurations() {
         str_of(&recommender["environment"][var], var),
         nats_password("RECOMMENDER_PASSWORD")
     );
+    // The dashboard, like gRPC without a token here, is published on the loopback only.
+    let http = port_of(cfg.http.listen.as_deref().expect("http.listen"));
     let ports = strings(&recommender["ports"]);
     assert_eq!(
         ports,
         [
             format!("127.0.0.1:{grpc}:{grpc}"),
-            format!("127.0.0.1:{metrics}:{metrics}")
+            format!("127.0.0.1:{metrics}:{metrics}"),
+            format!("127.0.0.1:{http}:{http}")
         ]
     );
 }
@@ -1142,6 +1149,8 @@ fn kubernetes_manifests_are_consistent() {
             )
         })
         .collect();
+    let http = port_of(rcfg.http.listen.as_deref().expect("http.listen"));
+    assert_eq!(container_port(c, "http"), http);
     assert_eq!(
         ports,
         [
@@ -1150,7 +1159,8 @@ fn kubernetes_manifests_are_consistent() {
                 "metrics".to_owned(),
                 u64::from(metrics),
                 "metrics".to_owned()
-            )
+            ),
+            ("http".to_owned(), u64::from(http), "http".to_owned())
         ]
     );
     let pdb = find(&objs, "PodDisruptionBudget", "proxbalance-recommender");
@@ -1169,23 +1179,26 @@ fn kubernetes_manifests_are_consistent() {
     );
     assert!(strings(&np["spec"]["policyTypes"]).contains(&"Ingress".to_owned()));
     let rules = np["spec"]["ingress"].as_sequence().unwrap();
-    let admits_grpc = |rule: &Yaml| {
-        rule["ports"].as_sequence().is_none_or(|ports| {
-            ports
-                .iter()
-                .any(|p| p["port"].as_u64() == Some(u64::from(grpc)))
-        })
-    };
-    let grpc_rules: Vec<&Yaml> = rules.iter().filter(|r| admits_grpc(r)).collect();
-    assert_eq!(grpc_rules.len(), 1, "{rules:?}");
-    let from = grpc_rules[0]["from"].as_sequence().expect("sources");
-    assert!(!from.is_empty());
-    for source in from {
-        assert_eq!(
-            source["podSelector"]["matchLabels"]["proxbalance.io/grpc-client"].as_str(),
-            Some("true"),
-            "{source:?}"
-        );
+    // gRPC, and the dashboard on every interface with the same token, the same way.
+    for port in [grpc, http] {
+        let admits = |rule: &Yaml| {
+            rule["ports"].as_sequence().is_none_or(|ports| {
+                ports
+                    .iter()
+                    .any(|p| p["port"].as_u64() == Some(u64::from(port)))
+            })
+        };
+        let port_rules: Vec<&Yaml> = rules.iter().filter(|r| admits(r)).collect();
+        assert_eq!(port_rules.len(), 1, "port {port}: {rules:?}");
+        let from = port_rules[0]["from"].as_sequence().expect("sources");
+        assert!(!from.is_empty());
+        for source in from {
+            assert_eq!(
+                source["podSelector"]["matchLabels"]["proxbalance.io/grpc-client"].as_str(),
+                Some("true"),
+                "{source:?}"
+            );
+        }
     }
 }
 

@@ -14,6 +14,7 @@ mod support;
 mod bench_collector;
 mod bench_recommender;
 mod collector;
+mod dashboard;
 mod demo;
 mod deploy_files;
 mod deploy_nats;
