@@ -11,7 +11,7 @@
 # In a temporary directory it starts, each on a free loopback port:
 #   1. nats-server with JetStream;
 #   2. pvesim, the Proxmox VE API simulator, playing deploy/demo-scenario.toml in real time;
-#   3. proxbalance-recommender, reading the snapshots and serving gRPC;
+#   3. proxbalance-recommender, reading the snapshots and serving gRPC and the web dashboard;
 #   4. proxbalance-collector, polling pvesim every 5 s and publishing to NATS.
 # Then it asks the recommender through the `proxbalance` CLI. Ctrl-C (or the end of --once) stops
 # every process it started and removes the temporary directory.
@@ -25,6 +25,8 @@
 #   PROXBALANCE_DEMO_INTERVAL_S
 #                          the collector's cycle interval, seconds (default 5)
 #   PROXBALANCE_DEMO_KEEP  set to 1 to keep the temporary directory (configs and logs)
+#   PROXBALANCE_DEMO_HTTP  the dashboard's address (default 127.0.0.1:0, a free port; the URL
+#                          is printed)
 set -euo pipefail
 
 ONCE=0
@@ -58,6 +60,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SCENARIO="$ROOT/deploy/demo-scenario.toml"
 TIMEOUT_S="${PROXBALANCE_DEMO_TIMEOUT_S:-90}"
 INTERVAL_S="${PROXBALANCE_DEMO_INTERVAL_S:-5}"
+HTTP_LISTEN="${PROXBALANCE_DEMO_HTTP:-127.0.0.1:0}"
 CLUSTER=demo
 
 say() { echo "demo: $*" >&2; }
@@ -214,6 +217,9 @@ url = "$NATS_URL"
 [grpc]
 listen = "127.0.0.1:0"
 shutdown_timeout_ms = 2000
+
+[http]
+listen = "$HTTP_LISTEN"
 EOF
 "$BIN/proxbalance-recommender" --config "$WORK/recommender.toml" --json-logs \
     >"$WORK/recommender.log" 2>&1 &
@@ -223,6 +229,9 @@ wait_for 30 "grep -q '\"grpc_addr\"' '$WORK/recommender.log'" "$REC_PID" proxbal
 GRPC_ADDR="$(grep -o '"grpc_addr":"[^"]*"' "$WORK/recommender.log" | head -n 1 | cut -d'"' -f4)"
 SERVER="http://$GRPC_ADDR"
 say "proxbalance-recommender: gRPC at $SERVER"
+wait_for 10 "grep -q '\"dashboard\"' '$WORK/recommender.log'" "$REC_PID" proxbalance-recommender "$WORK/recommender.log"
+DASHBOARD="$(grep -o '"dashboard":"[^"]*"' "$WORK/recommender.log" | head -n 1 | cut -d'"' -f4)"
+say "dashboard at $DASHBOARD"
 
 # Overload events are live only: subscribe before the first cycle, so none is missed.
 if [ "$ONCE" = 0 ]; then
@@ -297,7 +306,9 @@ echo
 "$BIN/proxbalance" recommendations --server "$SERVER" --cluster "$CLUSTER"
 echo
 cat <<EOF
+Open the dashboard: $DASHBOARD
 Try, in another terminal:
+  curl -s ${DASHBOARD}api/v1/clusters | jq .
   $BIN/proxbalance state   --server $SERVER --cluster $CLUSTER
   $BIN/proxbalance options --server $SERVER --cluster $CLUSTER --vmid 601
   $BIN/proxbalance watch   --server $SERVER --cluster $CLUSTER

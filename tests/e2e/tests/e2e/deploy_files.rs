@@ -1446,7 +1446,7 @@ fn grafana_dashboard_queries_only_registered_metrics() {
         .filter(|(name, mac)| *mac == "histogram!(" && name.starts_with("proxbalance_"))
         .map(|(name, _)| name)
         .collect();
-    assert_eq!(histograms.len(), 3, "{histograms:?}");
+    assert_eq!(histograms.len(), 4, "{histograms:?}");
     for h in &histograms {
         assert!(
             h.ends_with("_seconds"),
