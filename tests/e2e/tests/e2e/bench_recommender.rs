@@ -360,7 +360,7 @@ pub(crate) struct Loaded {
     js: async_nats::jetstream::Context,
     token: CancellationToken,
     pub(crate) svc: proxbalance_recommender::RunningService,
-    addr: String,
+    pub(crate) addr: String,
     watch: tonic::Streaming<pb::RecommendationsChanged>,
 }
 

@@ -247,6 +247,16 @@ impl Browser {
         .to_owned()
     }
 
+    /// Sets the window's size (the viewport of the next screenshot).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({ "width": width, "height": height })),
+        )
+        .await;
+    }
+
     /// Writes a PNG of the viewport to `path`.
     pub async fn screenshot(&self, path: &Path) {
         let v = self.call(reqwest::Method::GET, "/screenshot", None).await;
@@ -638,9 +648,11 @@ async fn dashboard_pages_in_chromium() {
             .await;
     }
     browser.exec("window.scrollTo(0, 0);", json!([])).await;
+    browser.resize(1440, 1900).await;
     browser
         .screenshot(&shots.join("dashboard-cluster.png"))
         .await;
+    browser.resize(1440, 1000).await;
 
     // Follow a move to its guest page.
     let vmid = browser
@@ -756,6 +768,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 #[ignore = "benchmark; prints figures"]
 async fn bench_large_cluster_pages() {
     use crate::bench_recommender::{Loaded, large_clusters};
+    proxbalance_runtime::install_crypto_provider();
     let mut loaded = Loaded::start(|c| c.http.listen = Some("127.0.0.1:0".into())).await;
     let mut views = large_clusters(1);
     for i in 0..999u64 {
@@ -838,6 +851,105 @@ async fn bench_large_cluster_pages() {
     for (name, p50) in report.iter().filter(|(n, _)| !n.starts_with("options")) {
         assert!(*p50 < 100.0, "{name}: p50 {p50:.1} ms ≥ 100 ms");
     }
+
+    // Under load: 16 HTTP clients in a closed loop on the cluster page's answers while a new
+    // cycle of every cluster is ingested and planned and a gRPC client asks for the cached set
+    // (basic view) every 20 ms.
+    let idle = {
+        let mut client = proxbalance_proto::v1::recommender_client::RecommenderClient::connect(
+            loaded.addr.clone(),
+        )
+        .await
+        .expect("grpc")
+        .max_decoding_message_size(64 << 20);
+        let mut t = Vec::new();
+        for _ in 0..50 {
+            let started = Instant::now();
+            client
+                .get_recommendations(proxbalance_proto::v1::GetRecommendationsRequest {
+                    cluster: "c0".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("cached set");
+            t.push(started.elapsed().as_secs_f64() * 1000.0);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        t.sort_by(f64::total_cmp);
+        t
+    };
+    println!(
+        "idle: gRPC cached GetRecommendations p50 {:.2} ms, p99 {:.2} ms (n=50)",
+        quantile(&idle, 0.5),
+        quantile(&idle, 0.99)
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..16 {
+        let (http, base, stop) = (http.clone(), base.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for path in ["/api/v1/clusters/c0", "/api/v1/clusters/c0/recommendations"] {
+                    let r = http
+                        .get(format!("{base}{path}"))
+                        .send()
+                        .await
+                        .expect("answer");
+                    assert!(r.status().is_success());
+                    r.bytes().await.expect("body");
+                    n += 1;
+                }
+            }
+            n
+        }));
+    }
+    let grpc_stop = stop.clone();
+    let grpc_addr = loaded.addr.clone();
+    let grpc = tokio::spawn(async move {
+        let mut client =
+            proxbalance_proto::v1::recommender_client::RecommenderClient::connect(grpc_addr)
+                .await
+                .expect("grpc")
+                .max_decoding_message_size(64 << 20);
+        let mut t = Vec::new();
+        while !grpc_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let started = Instant::now();
+            client
+                .get_recommendations(proxbalance_proto::v1::GetRecommendationsRequest {
+                    cluster: "c0".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("cached set");
+            t.push(started.elapsed().as_secs_f64() * 1000.0);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        t
+    });
+    let load_started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cycle_started = Instant::now();
+    loaded.cycle(&views, 2).await;
+    let cycle_s = cycle_started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut requests = 0;
+    for l in load {
+        requests += l.await.expect("load task");
+    }
+    let load_s = load_started.elapsed().as_secs_f64();
+    let mut grpc_t = grpc.await.expect("grpc task");
+    grpc_t.sort_by(f64::total_cmp);
+    println!(
+        "under load: {requests} dashboard answers in {load_s:.1} s ({:.0}/s, 16 clients); \
+         the next cycle of 1,000 clusters ingested and planned in {cycle_s:.1} s; \
+         gRPC cached GetRecommendations p50 {:.2} ms, p99 {:.2} ms (n={})",
+        requests as f64 / load_s,
+        quantile(&grpc_t, 0.5),
+        quantile(&grpc_t, 0.99),
+        grpc_t.len()
+    );
 
     let browser = Browser::start(1440, 1000).await;
     let mut renders = Vec::new();

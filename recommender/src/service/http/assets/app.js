@@ -100,7 +100,7 @@ function bar(value, max, warn, marker) {
 // An inline SVG sparkline of `values` (0..max), with the threshold as a dashed line.
 function sparkline(values, max, threshold, label) {
   const w = 120, hgt = 28;
-  const svg = s("svg", { class: "spark", viewBox: `0 0 ${w} ${hgt}`, width: w, height: hgt, role: "img", "aria-label": label });
+  const svg = s("svg", { class: "spark", viewBox: `0 0 ${w} ${hgt}`, preserveAspectRatio: "none", role: "img", "aria-label": label });
   const pts = values.filter((v) => typeof v === "number" && !Number.isNaN(v));
   if (pts.length === 0) {
     svg.append(s("text", { x: 2, y: 18, class: "spark-empty" }, "no 24 h data"));
@@ -114,7 +114,7 @@ function sparkline(values, max, threshold, label) {
   const d = pts.map((v, i) => `${i ? "L" : "M"}${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
   svg.append(s("path", { d: `${d} L${x(pts.length - 1).toFixed(1)},${hgt} L${x(0).toFixed(1)},${hgt} Z`, class: "spark-area" }));
   svg.append(s("path", { d, class: "spark-line" }));
-  svg.append(s("circle", { cx: x(pts.length - 1), cy: y(pts[pts.length - 1]), r: 2, class: "spark-dot" }));
+  svg.append(s("title", {}, `${label}: ${pts.length} hourly points, last ${pts[pts.length - 1].toFixed(1)} %`));
   return svg;
 }
 
@@ -407,7 +407,7 @@ function nodesTable(state, set) {
     return h("tr", { "data-node": n.node, class: n.status !== "online" || n.stale ? "dim" : "" },
       h("td", { class: "node-name" }, h("strong", {}, n.node), h("div", { class: "badges" }, nodeBadges(n, sc, state.overcommit_threshold)),
         h("div", { class: "muted small" }, `${n.running_guests}/${n.guests} guests running`)),
-      h("td", { class: "num score" }, sc ? fmt.num(sc.score) : "–", sc ? h("div", { class: "muted small" }, `health ${fmt.num(sc.health, 0)}`) : null),
+      h("td", { class: "num score", title: "the node's score as a target (lower is better)" }, sc ? fmt.num(sc.score) : "–"),
       metricCell(n.cpu, n.avg_cpu_24h, series, 1, t.cpu, "CPU"),
       metricCell(n.mem, n.avg_mem_24h, series, 2, t.mem, "memory"),
       h("td", { class: "metric" },
@@ -432,7 +432,7 @@ function movesTable(cluster, set) {
   const rows = set.recommendations.map((r, i) => h("tr", { "data-vmid": r.vmid },
     h("td", { class: "num" }, i + 1),
     h("td", {}, h("a", { class: "guest-link", href: `#/cluster/${enc(cluster)}/guest/${r.vmid}` }, `${r.vmid} ${r.name}`), h("div", { class: "muted small" }, r.type)),
-    h("td", {}, h("span", { class: "node-pill" }, r.source_node), " → ", h("span", { class: "node-pill" }, r.target_node)),
+    h("td", { class: "move-cell" }, h("span", { class: "node-pill" }, r.source_node), " → ", h("span", { class: "node-pill" }, r.target_node)),
     h("td", {}, badge(fmt.words(r.reason.kind), "info"), h("div", { class: "small" }, r.reason.summary)),
     h("td", { class: "num" }, fmt.num(gainOf(r), 2)),
     h("td", { class: "num" }, `${fmt.num(r.confidence, 0)} %`),
@@ -443,9 +443,11 @@ function movesTable(cluster, set) {
     h("tbody", {}, rows));
 }
 
+// before → after, the after value green when better, red when worse (`lowerIsBetter` null:
+// neither).
 function arrow(before, after, f, lowerIsBetter = true) {
-  const better = lowerIsBetter ? after < before - 1e-9 : after > before + 1e-9;
-  const worse = lowerIsBetter ? after > before + 1e-9 : after < before - 1e-9;
+  const better = lowerIsBetter === null ? false : lowerIsBetter ? after < before - 1e-9 : after > before + 1e-9;
+  const worse = lowerIsBetter === null ? false : lowerIsBetter ? after > before + 1e-9 : after < before - 1e-9;
   return h("span", { class: "delta" }, f(before), " → ", h("span", { class: better ? "good-text" : worse ? "warn-text" : "" }, f(after)));
 }
 
@@ -458,7 +460,7 @@ function predictionTable(set) {
     h("td", {}, arrow(n.before.committed_pct, n.after.committed_pct, fmt.pct)),
     h("td", {}, arrow(n.before.iowait, n.after.iowait, fmt.pct)),
     h("td", {}, arrow(n.before.score, n.after.score, (v) => fmt.num(v))),
-    h("td", { class: "num" }, arrow(n.before.running_guests, n.after.running_guests, String, false))));
+    h("td", { class: "num" }, arrow(n.before.running_guests, n.after.running_guests, String, null))));
   return h("table", { id: "prediction-table", class: "grid" },
     h("thead", {}, h("tr", {}, ["node", "CPU", "memory", "committed", "IOWait", "score", "guests"].map((c) => h("th", {}, c)))),
     h("tbody", {}, rows));
@@ -606,7 +608,7 @@ async function guestPage(cluster, vmid) {
       h("tr", { class: "source", "data-node": src.node },
         h("td", {}, h("strong", {}, src.node), " ", badge("current", "info")),
         h("td", { class: "num" }, fmt.num(src.score)),
-        h("td", {}, src.guest_gate ? h("span", { class: "warn-text" }, `${fmt.words(src.guest_gate.reason)}: ${src.guest_gate.detail}`) : h("span", { class: "muted" }, `boost ${fmt.num(src.boost, 1)}`)),
+        h("td", { class: "gate" }, src.guest_gate ? h("span", {}, badge(fmt.words(src.guest_gate.reason), "muted-badge"), " ", src.guest_gate.detail) : h("span", { class: "muted" }, `boost ${fmt.num(src.boost, 1)}`)),
         h("td", {}, penalties(src))),
       ...targets.map((t) => h("tr", { "data-node": t.node, class: t.eligible ? "" : "dim" },
         h("td", {}, h("strong", {}, t.node), " ", t.eligible ? badge("eligible", "ok") : badge("refused", "critical")),
