@@ -149,7 +149,7 @@ fn number<B>(
     key: &str,
     default: usize,
     max: usize,
-) -> Result<usize, Response<Body>> {
+) -> Result<usize, Box<Response<Body>>> {
     match query(req, key) {
         None => Ok(default),
         Some(v) => v
@@ -157,10 +157,10 @@ fn number<B>(
             .ok()
             .filter(|n| *n <= max)
             .ok_or_else(|| {
-                error(
+                Box::new(error(
                     StatusCode::BAD_REQUEST,
                     format!("{key}: expected a whole number from 0 to {max}, found {v:?}"),
-                )
+                ))
             }),
     }
 }
@@ -256,7 +256,7 @@ fn clusters<B>(ctx: &Context, req: &Request<B>) -> Response<Body> {
         number(req, "limit", DEFAULT_PAGE, MAX_PAGE),
     ) {
         (Ok(o), Ok(l)) => (o, l),
-        (Err(e), _) | (_, Err(e)) => return e,
+        (Err(e), _) | (_, Err(e)) => return *e,
     };
     let needle = query(req, "q").unwrap_or_default().to_lowercase();
     let max_age_ms = i64::try_from(ctx.shared.config.state.max_answer_age_s)
@@ -360,12 +360,12 @@ async fn recommendations(ctx: &Context, cluster: &str) -> Response<Body> {
 }
 
 /// The vmid of a path, or 400.
-fn vmid(text: &str) -> Result<u32, Response<Body>> {
+fn vmid(text: &str) -> Result<u32, Box<Response<Body>>> {
     text.parse::<u32>().ok().filter(|v| *v > 0).ok_or_else(|| {
-        error(
+        Box::new(error(
             StatusCode::BAD_REQUEST,
             format!("vmid: expected a guest id ≥ 1, found {text:?}"),
-        )
+        ))
     })
 }
 
@@ -373,7 +373,7 @@ fn vmid(text: &str) -> Result<u32, Response<Body>> {
 fn guest(ctx: &Context, cluster: &str, vmid_text: &str) -> Response<Body> {
     let vmid = match vmid(vmid_text) {
         Ok(v) => v,
-        Err(e) => return e,
+        Err(e) => return *e,
     };
     let (known, value) = {
         let state = ctx.shared.read();
@@ -394,7 +394,7 @@ fn guest(ctx: &Context, cluster: &str, vmid_text: &str) -> Response<Body> {
 async fn options(ctx: &Context, cluster: &str, vmid_text: &str) -> Response<Body> {
     let vmid = match vmid(vmid_text) {
         Ok(v) => v,
-        Err(e) => return e,
+        Err(e) => return *e,
     };
     let svc = Service::new(ctx.shared.clone());
     let r = svc
@@ -414,7 +414,7 @@ async fn options(ctx: &Context, cluster: &str, vmid_text: &str) -> Response<Body
 fn events<B>(ctx: &Context, req: &Request<B>) -> Response<Body> {
     let limit = match number(req, "limit", DEFAULT_EVENTS, live::RECENT_EVENTS) {
         Ok(l) => l,
-        Err(e) => return e,
+        Err(e) => return *e,
     };
     let cluster = query(req, "cluster").unwrap_or_default();
     let events: Vec<Value> = ctx
