@@ -489,7 +489,8 @@ pub async fn ingest_loop(
                             metrics::gauge!(metric::REPLAYING).set(0.0);
                             let done = std::mem::take(&mut seen_in_replay);
                             for (cluster, cycle) in &done.dirty {
-                                shared.recompute(cluster, *cycle);
+                                tracing::info_span!("recommender.recompute", cluster, cycle)
+                                    .in_scope(|| shared.recompute(cluster, *cycle));
                             }
                             drop(_entered);
                             publish_after_replay(&shared, &js, &subjects, &out, done.transitions).await;
