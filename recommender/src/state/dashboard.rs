@@ -3,6 +3,8 @@
 //! read lock from what ingest already keeps (no view, no planning, no snapshot cloned whole),
 //! as JSON values the caller serialises after releasing the lock.
 
+use std::collections::VecDeque;
+
 use proxbalance_proto::v1 as pb;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -11,6 +13,69 @@ use super::State;
 
 /// Hourly points of a node's sparkline (the 24 hours up to its newest data).
 const SPARK_HOURS: usize = 24;
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// A node's committed memory (percent of its total) hour by hour over the last 24 hours, from
+/// its snapshots: PVE's RRD history has no committed memory, so these hours start with the
+/// snapshots the recommender applied (live or replayed). At most 24 entries.
+#[derive(Debug, Default, Clone)]
+pub struct CommittedHours {
+    /// (hour since the epoch, sum of the samples' percents, samples), oldest first.
+    hours: VecDeque<(i64, f64, u32)>,
+}
+
+impl CommittedHours {
+    /// Adds a sample observed at `at_ms`; a sample older than the hours kept is ignored.
+    pub fn record(&mut self, at_ms: i64, pct: f64) {
+        if !pct.is_finite() {
+            return;
+        }
+        let hour = at_ms.div_euclid(HOUR_MS);
+        if let Some(b) = self.hours.iter_mut().rev().find(|b| b.0 == hour) {
+            b.1 += pct;
+            b.2 += 1;
+            return;
+        }
+        let newest = self.hours.back().map_or(hour, |b| b.0.max(hour));
+        if hour <= newest - SPARK_HOURS as i64 {
+            return;
+        }
+        let at = self.hours.iter().position(|b| b.0 > hour);
+        match at {
+            Some(i) => self.hours.insert(i, (hour, pct, 1)),
+            None => self.hours.push_back((hour, pct, 1)),
+        }
+        while self
+            .hours
+            .front()
+            .is_some_and(|f| f.0 <= newest - SPARK_HOURS as i64)
+        {
+            self.hours.pop_front();
+        }
+    }
+
+    /// The hourly means of the 24 hours up to `now_ms`, by hour start (unix seconds).
+    pub fn hourly(&self, now_ms: i64) -> Vec<(i64, f64)> {
+        let last = now_ms.div_euclid(HOUR_MS);
+        self.hours
+            .iter()
+            .filter(|b| b.0 > last - SPARK_HOURS as i64 && b.0 <= last && b.2 > 0)
+            .map(|b| (b.0 * 3600, b.1 / f64::from(b.2)))
+            .collect()
+    }
+
+    /// The mean of the samples of the 24 hours up to `now_ms`.
+    pub fn day_mean(&self, now_ms: i64) -> Option<f64> {
+        let last = now_ms.div_euclid(HOUR_MS);
+        let (sum, n) = self
+            .hours
+            .iter()
+            .filter(|b| b.0 > last - SPARK_HOURS as i64 && b.0 <= last)
+            .fold((0.0, 0u32), |(s, n), b| (s + b.1, n + b.2));
+        (n > 0).then(|| sum / f64::from(n))
+    }
+}
 
 /// How bad a cluster looks, worst first when sorted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -220,10 +285,12 @@ impl State {
                 let s = n.latest.as_ref()?;
                 let day = n.window.day_stats(data_now);
                 let hourly = n.window.hourly(data_now);
+                let committed: std::collections::HashMap<i64, f64> =
+                    n.committed.hourly(data_now).into_iter().collect();
                 let series: Vec<Value> = hourly
                     .iter()
                     .skip(hourly.len().saturating_sub(SPARK_HOURS))
-                    .map(|h| json!([h.t, h.cpu, h.mem, h.iowait]))
+                    .map(|h| json!([h.t, h.cpu, h.mem, h.iowait, committed.get(&h.t)]))
                     .collect();
                 let stale = self.is_stale(s.observed_at_unix_ms, reference);
                 let overloaded: Vec<&str> = n
@@ -254,6 +321,7 @@ impl State {
                     "max_cpu_24h": day.map(|d| d.max_cpu),
                     "avg_mem_24h": day.map(|d| d.avg_mem),
                     "avg_iowait_24h": day.map(|d| d.avg_iowait),
+                    "avg_committed_24h": n.committed.day_mean(data_now),
                     "series_24h": series,
                     "overloaded": overloaded,
                     "error": s.error,
@@ -359,6 +427,35 @@ mod tests {
             (Some("b"), Some("qemu"))
         );
         assert!(st.dashboard_guest("c", 999).is_none());
+    }
+
+    #[test]
+    fn committed_hours_keep_the_last_day_by_hour() {
+        let mut c = CommittedHours::default();
+        let h0 = T0 - T0.rem_euclid(HOUR_MS);
+        c.record(h0, 50.0);
+        c.record(h0 + 60_000, 70.0);
+        c.record(h0 + HOUR_MS, 100.0);
+        assert_eq!(
+            c.hourly(h0 + HOUR_MS),
+            vec![(h0 / 1000, 60.0), (h0 / 1000 + 3600, 100.0)]
+        );
+        assert_eq!(c.day_mean(h0 + HOUR_MS), Some(220.0 / 3.0));
+        c.record(h0 + 30 * HOUR_MS, 10.0);
+        assert_eq!(
+            c.hourly(h0 + 30 * HOUR_MS),
+            vec![(h0 / 1000 + 30 * 3600, 10.0)]
+        );
+        assert_eq!(c.hours.len(), 1, "older than a day: forgotten");
+        c.record(h0, 99.0);
+        assert_eq!(c.hours.len(), 1, "a sample older than the day is ignored");
+        c.record(h0 + 29 * HOUR_MS, 20.0);
+        assert_eq!(
+            c.hours.iter().map(|b| b.0).collect::<Vec<_>>(),
+            vec![h0 / HOUR_MS + 29, h0 / HOUR_MS + 30]
+        );
+        c.record(h0, f64::NAN);
+        assert_eq!(c.day_mean(h0 + 30 * HOUR_MS), Some(15.0));
     }
 
     #[test]

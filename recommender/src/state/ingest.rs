@@ -188,6 +188,10 @@ impl State {
         let prev_iowait = node.window.latest().map_or(0.0, |l| l.iowait);
         if s.status == pb::NodeStatus::Online as i32 {
             node.window.record(sample_of(&s, prev_iowait));
+            if s.mem_total_bytes > 0 {
+                let pct = s.committed_mem_bytes as f64 / s.mem_total_bytes as f64 * 100.0;
+                node.committed.record(s.observed_at_unix_ms, pct);
+            }
         }
         // A node's snapshots are ordered by cycle (the collector's cycle ids only increase,
         // even when its clock steps back) or, across a collector restart after such a step,

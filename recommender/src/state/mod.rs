@@ -116,6 +116,8 @@ struct NodeState {
     /// When the node turned stale between its previous snapshot and `latest` (the previous
     /// one's time plus the staleness), until overload evaluation has cleared what was raised.
     gap_at_ms: Option<i64>,
+    /// Committed memory hour by hour over the last day (for the dashboard).
+    committed: dashboard::CommittedHours,
     /// Whether `latest` belongs to the cluster's last completed cycle or a later one. A node
     /// whose snapshot of the completing cycle was refused or lost is neither source nor target
     /// until it reports again (its previous snapshot may not be stale yet, but it is not

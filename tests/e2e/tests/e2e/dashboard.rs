@@ -593,7 +593,10 @@ async fn dashboard_pages_in_chromium() {
                 json!([name]),
             )
             .await;
-        assert_eq!(sparks, 3, "{name}: CPU, memory and IOWait sparklines");
+        assert_eq!(
+            sparks, 4,
+            "{name}: CPU, memory, committed memory and IOWait sparklines"
+        );
     }
     let move_rows = browser
         .exec(

@@ -97,24 +97,26 @@ function bar(value, max, warn, marker) {
   return el;
 }
 
-// An inline SVG sparkline of `values` (0..max), with the threshold as a dashed line.
+// An inline SVG sparkline of `values` (0..max; hourly, oldest first, null where an hour has no
+// figure), with the threshold as a dashed line.
 function sparkline(values, max, threshold, label) {
   const w = 120, hgt = 28;
+  const pts = values.map((v, i) => [i, v]).filter(([, v]) => typeof v === "number" && !Number.isNaN(v));
+  if (pts.length === 0) return h("div", { class: "spark-empty muted small" }, "no 24 h data yet");
   const svg = s("svg", { class: "spark", viewBox: `0 0 ${w} ${hgt}`, preserveAspectRatio: "none", role: "img", "aria-label": label });
-  const pts = values.filter((v) => typeof v === "number" && !Number.isNaN(v));
-  if (pts.length === 0) {
-    svg.append(s("text", { x: 2, y: 18, class: "spark-empty" }, "no 24 h data"));
-    return svg;
-  }
   const y = (v) => hgt - 2 - (Math.max(0, Math.min(max, v)) / max) * (hgt - 4);
-  const x = (i) => (pts.length === 1 ? w / 2 : (i / (pts.length - 1)) * (w - 2) + 1);
+  const x = (i) => (values.length === 1 ? w / 2 : (i / (values.length - 1)) * (w - 2) + 1);
   if (threshold !== undefined) {
     svg.append(s("line", { x1: 0, x2: w, y1: y(threshold), y2: y(threshold), class: "spark-threshold" }));
   }
-  const d = pts.map((v, i) => `${i ? "L" : "M"}${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
-  svg.append(s("path", { d: `${d} L${x(pts.length - 1).toFixed(1)},${hgt} L${x(0).toFixed(1)},${hgt} Z`, class: "spark-area" }));
+  const line = pts.length === 1
+    ? [[x(pts[0][0]) - 2, y(pts[0][1])], [x(pts[0][0]) + 2, y(pts[0][1])]]
+    : pts.map(([i, v]) => [x(i), y(v)]);
+  const d = line.map(([px, py], k) => `${k ? "L" : "M"}${px.toFixed(1)},${py.toFixed(1)}`).join(" ");
+  const first = line[0][0].toFixed(1), last = line[line.length - 1][0].toFixed(1);
+  svg.append(s("path", { d: `${d} L${last},${hgt} L${first},${hgt} Z`, class: "spark-area" }));
   svg.append(s("path", { d, class: "spark-line" }));
-  svg.append(s("title", {}, `${label}: ${pts.length} hourly points, last ${pts[pts.length - 1].toFixed(1)} %`));
+  svg.append(s("title", {}, `${label}: ${pts.length} hourly points, last ${pts[pts.length - 1][1].toFixed(1)} %`));
   return svg;
 }
 
@@ -410,10 +412,13 @@ function nodesTable(state, set) {
       h("td", { class: "num score", title: "the node's score as a target (lower is better)" }, sc ? fmt.num(sc.score) : "–"),
       metricCell(n.cpu, n.avg_cpu_24h, series, 1, t.cpu, "CPU"),
       metricCell(n.mem, n.avg_mem_24h, series, 2, t.mem, "memory"),
-      h("td", { class: "metric" },
-        h("div", { class: "metric-row" }, h("strong", {}, fmt.pct(n.committed_pct)), h("span", { class: `small ${n.overcommit_ratio > state.overcommit_threshold ? "warn-text" : "muted"}` }, `ratio ${fmt.ratio(n.overcommit_ratio)}`)),
+      h("td", { class: "metric committed" },
+        h("div", { class: "metric-row" }, h("strong", {}, fmt.pct(n.committed_pct)), h("span", { class: "muted small" }, `24 h ${fmt.pct(n.avg_committed_24h)}`)),
         bar(Math.min(n.committed_pct, 150), 150, 95, 95),
-        h("div", { class: "muted small" }, `${fmt.gib(n.committed_mem_bytes)} of ${fmt.gib(n.mem_total_bytes)}`)),
+        h("div", { class: "metric-row small" },
+          h("span", { class: "muted" }, `${fmt.gib(n.committed_mem_bytes)} of ${fmt.gib(n.mem_total_bytes)}`),
+          h("span", { class: n.overcommit_ratio > state.overcommit_threshold ? "warn-text" : "muted" }, `ratio ${fmt.ratio(n.overcommit_ratio)}`)),
+        sparkline(series.map((p) => p[4]), 150, 95, "committed memory")),
       metricCell(n.iowait, n.avg_iowait_24h, series, 3, t.iowait, "IOWait"));
   });
   return h("table", { id: "nodes-table", class: "grid nodes" },
