@@ -23,7 +23,7 @@ pub mod limits;
 pub mod overload;
 pub mod sweep;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 pub mod validate;
 pub mod view;
 

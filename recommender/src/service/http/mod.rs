@@ -165,7 +165,6 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use http_body_util::BodyExt;
-    use proxbalance_proto::v1 as pb;
     use serde_json::Value;
 
     use super::*;
@@ -192,34 +191,7 @@ mod tests {
         ));
         shared.ready.store(true, Ordering::Release);
         let now = wall_ms();
-        let snapshot = pb::NodeSnapshot {
-            schema_version: proxbalance_proto::SCHEMA_VERSION,
-            cluster: "c".into(),
-            node: "a".into(),
-            cycle: 1,
-            observed_at_unix_ms: now,
-            status: pb::NodeStatus::Online as i32,
-            cpu_fraction: 0.25,
-            cpu_threads: 8,
-            iowait_fraction: Some(0.01),
-            mem_used_bytes: 8 << 30,
-            mem_total_bytes: 32 << 30,
-            committed_mem_bytes: 8 << 30,
-            overcommit_ratio: 0.25,
-            guests: vec![pb::Guest {
-                vmid: 100,
-                kind: pb::GuestKind::Qemu as i32,
-                name: "web".into(),
-                status: "running".into(),
-                cpu_fraction: 0.5,
-                vcpus: 2.0,
-                mem_used_bytes: 4 << 30,
-                mem_max_bytes: 8 << 30,
-                config_known: true,
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
+        let snapshot = crate::state::test_support::snap("a", 1, now, 0.25);
         let subjects = shared.read().settings().subjects.clone();
         shared
             .write()
@@ -340,7 +312,7 @@ mod tests {
         assert_eq!(status, 404);
 
         let (status, _, body) = get(&ctx, "/api/v1/clusters/c/guests/100", t).await;
-        assert_eq!((status, body["name"].as_str()), (200, Some("web")));
+        assert_eq!((status, body["name"].as_str()), (200, Some("g-a")));
         let (status, _, body) = get(&ctx, "/api/v1/clusters/c/guests/999", t).await;
         assert_eq!(status, 404);
         assert!(

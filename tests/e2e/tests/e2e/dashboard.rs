@@ -758,6 +758,34 @@ async fn timings(http: &reqwest::Client, url: &str, n: usize) -> Vec<f64> {
     out
 }
 
+/// Milliseconds of cached `GetRecommendations` calls (basic view) of cluster `c0`, one every
+/// 20 ms, until `stop` is set or `n` were made; sorted.
+async fn cached_set_latencies(
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    n: usize,
+) -> Vec<f64> {
+    let mut client = proxbalance_proto::v1::recommender_client::RecommenderClient::connect(addr)
+        .await
+        .expect("grpc")
+        .max_decoding_message_size(64 << 20);
+    let mut t = Vec::new();
+    while t.len() < n && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let started = Instant::now();
+        client
+            .get_recommendations(proxbalance_proto::v1::GetRecommendationsRequest {
+                cluster: "c0".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("cached set");
+        t.push(started.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t.sort_by(f64::total_cmp);
+    t
+}
+
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
@@ -858,29 +886,8 @@ async fn bench_large_cluster_pages() {
     // Under load: 16 HTTP clients in a closed loop on the cluster page's answers while a new
     // cycle of every cluster is ingested and planned and a gRPC client asks for the cached set
     // (basic view) every 20 ms.
-    let idle = {
-        let mut client = proxbalance_proto::v1::recommender_client::RecommenderClient::connect(
-            loaded.addr.clone(),
-        )
-        .await
-        .expect("grpc")
-        .max_decoding_message_size(64 << 20);
-        let mut t = Vec::new();
-        for _ in 0..50 {
-            let started = Instant::now();
-            client
-                .get_recommendations(proxbalance_proto::v1::GetRecommendationsRequest {
-                    cluster: "c0".into(),
-                    ..Default::default()
-                })
-                .await
-                .expect("cached set");
-            t.push(started.elapsed().as_secs_f64() * 1000.0);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        t.sort_by(f64::total_cmp);
-        t
-    };
+    let never = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let idle = cached_set_latencies(loaded.addr.clone(), never, 50).await;
     println!(
         "idle: gRPC cached GetRecommendations p50 {:.2} ms, p99 {:.2} ms (n=50)",
         quantile(&idle, 0.5),
@@ -907,29 +914,11 @@ async fn bench_large_cluster_pages() {
             n
         }));
     }
-    let grpc_stop = stop.clone();
-    let grpc_addr = loaded.addr.clone();
-    let grpc = tokio::spawn(async move {
-        let mut client =
-            proxbalance_proto::v1::recommender_client::RecommenderClient::connect(grpc_addr)
-                .await
-                .expect("grpc")
-                .max_decoding_message_size(64 << 20);
-        let mut t = Vec::new();
-        while !grpc_stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let started = Instant::now();
-            client
-                .get_recommendations(proxbalance_proto::v1::GetRecommendationsRequest {
-                    cluster: "c0".into(),
-                    ..Default::default()
-                })
-                .await
-                .expect("cached set");
-            t.push(started.elapsed().as_secs_f64() * 1000.0);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        t
-    });
+    let grpc = tokio::spawn(cached_set_latencies(
+        loaded.addr.clone(),
+        stop.clone(),
+        usize::MAX,
+    ));
     let load_started = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let cycle_started = Instant::now();
@@ -942,8 +931,7 @@ async fn bench_large_cluster_pages() {
         requests += l.await.expect("load task");
     }
     let load_s = load_started.elapsed().as_secs_f64();
-    let mut grpc_t = grpc.await.expect("grpc task");
-    grpc_t.sort_by(f64::total_cmp);
+    let grpc_t = grpc.await.expect("grpc task");
     println!(
         "under load: {requests} dashboard answers in {load_s:.1} s ({:.0}/s, 16 clients); \
          the next cycle of 1,000 clusters ingested and planned in {cycle_s:.1} s; \
