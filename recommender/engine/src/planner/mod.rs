@@ -181,7 +181,7 @@ pub(crate) fn plan(cluster: &Cluster, limit: Option<usize>) -> RecommendationSet
             "cluster is balanced: no move lowers the plan objective by more than its cost"
                 .to_owned()
         });
-    let summary = report::summary(
+    let mut summary = report::summary(
         &recs,
         &skipped,
         initial_health,
@@ -190,6 +190,9 @@ pub(crate) fn plan(cluster: &Cluster, limit: Option<usize>) -> RecommendationSet
         stressed_nodes,
         maintenance_nodes,
     );
+    // The health of the simulated cluster, not ProxBalance's estimate from the moves' score
+    // improvements, which a balancing move onto a node of higher score would lower.
+    summary.predicted_health = round_to(end.sim.cluster_health().min(100.0), 2);
     RecommendationSet {
         cluster: cluster.name.clone(),
         generated_at: cluster.now,

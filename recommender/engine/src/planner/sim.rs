@@ -372,6 +372,22 @@ impl<'a> Sim<'a> {
             && avg > 0.7 * self.t.iowait
     }
 
+    /// The cluster health (`100 − mean node health` over online nodes, as the summary reports
+    /// it) of the cluster as it stands now.
+    pub fn cluster_health(&self) -> f64 {
+        let online: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.cluster.nodes[i].is_online())
+            .collect();
+        if online.is_empty() {
+            return 100.0;
+        }
+        let sum: f64 = online
+            .iter()
+            .map(|&i| self.prepared[i].health(&self.nodes[i].load, self.cfg))
+            .sum();
+        100.0 - sum / online.len() as f64
+    }
+
     /// The figures shown for node `ni` as it stands now.
     pub fn figures(&self, ni: usize) -> NodeFigures {
         let node = &self.cluster.nodes[ni];
