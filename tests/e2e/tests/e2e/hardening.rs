@@ -324,8 +324,13 @@ async fn transitions_seen_in_the_replay_are_published_once() {
 }
 
 /// A raised overload whose collector stopped was never cleared: the stream ended at `raised`.
-/// Past the staleness (2 s here) the wall-clock sweep clears it as `node_stale`, at the node's
+/// Past the staleness (12 s here) the wall-clock sweep clears it as `node_stale`, at the node's
 /// last snapshot plus the staleness (the instant a replay would compute, so the same id).
+///
+/// The clock skew allowed must exceed 10 s: the first cycle advances the simulator's clock 10 s
+/// past the wall clock, and the newest point of its RRD history is that minute's start, ahead of
+/// the recommender's clock whenever the cycle runs in a minute's last 10 s (the history was then
+/// refused as `future_time` and the first cycle never completed: 1 run in 6).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raised_overload_is_cleared_when_its_collector_stops() {
     let support::Live {
@@ -334,8 +339,8 @@ async fn a_raised_overload_is_cleared_when_its_collector_stops() {
         first: out,
         ..
     } = support::Live::start(|c| {
-        c.state.staleness_s = 2;
-        c.state.max_clock_skew_s = 1;
+        c.state.staleness_s = 12;
+        c.state.max_clock_skew_s = 11;
     })
     .await;
     let mut events = StoredEvents::follow(&nats.url()).await;
@@ -355,7 +360,7 @@ async fn a_raised_overload_is_cleared_when_its_collector_stops() {
     assert_eq!(cleared.clear_cause(), pb::OverloadClearCause::NodeStale);
     assert_eq!(
         (cleared.since_unix_ms, cleared.at_unix_ms),
-        (observed + 2000, observed + 2000)
+        (observed + 12_000, observed + 12_000)
     );
     events.assert_no_duplicate();
     rec.stop().await;
