@@ -17,7 +17,7 @@ use super::offline::{render_options, render_plan, to_json};
 use super::table::Table;
 use super::{CliError, EventsArgs, Format, RecommendationsArgs, ServerArgs, StateArgs, WatchArgs};
 use crate::convert;
-use crate::state::dashboard::{event_json, reason_word, state_word, status_word};
+use crate::state::dashboard::{event_json, pct, reason_word, state_word, status_word};
 
 const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 
@@ -207,14 +207,6 @@ pub(super) fn options(
             Format::Table => Ok(render_options(&o)),
         }
     })
-}
-
-fn pct(part: u64, total: u64) -> f64 {
-    if total == 0 {
-        0.0
-    } else {
-        part as f64 / total as f64 * 100.0
-    }
 }
 
 /// `proxbalance state`.

@@ -186,8 +186,7 @@ fn on_cycle(
         return;
     }
     emit_overload(shared, out, events);
-    let recomputed = tracing::info_span!("recommender.recompute", cluster, cycle)
-        .in_scope(|| shared.recompute(cluster, cycle));
+    let recomputed = shared.recompute(cluster, cycle);
     if let Some(done) = recomputed.filter(|r| r.notice.changed) {
         let change = done.event_in(false);
         tracing::info!(
@@ -489,8 +488,7 @@ pub async fn ingest_loop(
                             metrics::gauge!(metric::REPLAYING).set(0.0);
                             let done = std::mem::take(&mut seen_in_replay);
                             for (cluster, cycle) in &done.dirty {
-                                tracing::info_span!("recommender.recompute", cluster, cycle)
-                                    .in_scope(|| shared.recompute(cluster, *cycle));
+                                shared.recompute(cluster, *cycle);
                             }
                             drop(_entered);
                             publish_after_replay(&shared, &js, &subjects, &out, done.transitions).await;

@@ -209,6 +209,7 @@ impl Shared {
     /// Builds `cluster`'s view, plans it on behalf of `cycle`, caches the set and tells the
     /// watchers. `None` when the cluster has no view.
     pub fn recompute(&self, cluster: &str, cycle: u64) -> Option<Recomputed> {
+        let _span = tracing::info_span!("recommender.recompute", cluster, cycle).entered();
         let started = Instant::now();
         let now = wall_ms();
         let (view, data_at_ms) = {

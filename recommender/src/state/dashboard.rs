@@ -118,7 +118,8 @@ pub struct ClusterOverview {
     pub generation: u64,
 }
 
-fn pct(part: u64, total: u64) -> f64 {
+/// `part` as a percentage of `total` (0 when `total` is 0).
+pub fn pct(part: u64, total: u64) -> f64 {
     if total == 0 {
         0.0
     } else {
@@ -136,7 +137,7 @@ pub fn status_word(s: i32) -> &'static str {
     }
 }
 
-/// The JSON word of an overload reason.
+/// The word of an overload reason (JSON, and the events' message ids).
 pub fn reason_word(r: i32) -> &'static str {
     match pb::OverloadReason::try_from(r) {
         Ok(pb::OverloadReason::Cpu) => "cpu",

@@ -4,16 +4,6 @@
 
 use proxbalance_proto::v1 as pb;
 
-fn reason_word(r: pb::OverloadReason) -> &'static str {
-    match r {
-        pb::OverloadReason::Cpu => "cpu",
-        pb::OverloadReason::Memory => "memory",
-        pb::OverloadReason::Iowait => "iowait",
-        pb::OverloadReason::MemOvercommit => "mem_overcommit",
-        pb::OverloadReason::Unspecified => "unspecified",
-    }
-}
-
 /// The `Nats-Msg-Id` of an overload event: the same transition computed by two replicas gets
 /// the same id, so JetStream stores it once.
 pub fn overload_event_id(e: &pb::OverloadEvent) -> String {
@@ -22,8 +12,13 @@ pub fn overload_event_id(e: &pb::OverloadEvent) -> String {
     } else {
         "cleared"
     };
-    let reason = pb::OverloadReason::try_from(e.reason).map_or("unspecified", reason_word);
-    proxbalance_proto::headers::overload_msg_id(&e.cluster, &e.node, reason, state, e.since_unix_ms)
+    proxbalance_proto::headers::overload_msg_id(
+        &e.cluster,
+        &e.node,
+        super::dashboard::reason_word(e.reason),
+        state,
+        e.since_unix_ms,
+    )
 }
 
 /// The `Nats-Msg-Id` of a recommendations-changed event: the cycle it was computed for, the

@@ -189,8 +189,8 @@ impl State {
         if s.status == pb::NodeStatus::Online as i32 {
             node.window.record(sample_of(&s, prev_iowait));
             if s.mem_total_bytes > 0 {
-                let pct = s.committed_mem_bytes as f64 / s.mem_total_bytes as f64 * 100.0;
-                node.committed.record(s.observed_at_unix_ms, pct);
+                let committed = super::dashboard::pct(s.committed_mem_bytes, s.mem_total_bytes);
+                node.committed.record(s.observed_at_unix_ms, committed);
             }
         }
         // A node's snapshots are ordered by cycle (the collector's cycle ids only increase,

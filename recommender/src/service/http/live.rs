@@ -123,26 +123,24 @@ pub fn stream(
         heartbeat.reset();
         let wanted = |c: &str| cluster.is_empty() || c == cluster;
         loop {
-            let frame = tokio::select! {
+            // `lagged`: the stream fell behind the broadcast channels and ends after telling so.
+            let (frame, lagged) = tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tx.closed() => break,
                 r = sets.recv() => match r {
-                    Ok(n) if wanted(&n.event.cluster) => sse("set", &set_event(&n)),
+                    Ok(n) if wanted(&n.event.cluster) => (sse("set", &set_event(&n)), false),
                     Ok(_) => continue,
-                    Err(RecvError::Lagged(_)) => sse("lagged", &json!({})),
+                    Err(RecvError::Lagged(_)) => (sse("lagged", &json!({})), true),
                     Err(RecvError::Closed) => break,
                 },
                 r = events.recv() => match r {
-                    Ok(e) if wanted(&e.cluster) => sse("overload", &event_json(&e)),
+                    Ok(e) if wanted(&e.cluster) => (sse("overload", &event_json(&e)), false),
                     Ok(_) => continue,
-                    Err(RecvError::Lagged(_)) => sse("lagged", &json!({})),
+                    Err(RecvError::Lagged(_)) => (sse("lagged", &json!({})), true),
                     Err(RecvError::Closed) => break,
                 },
-                _ = heartbeat.tick() => Frame::data(Bytes::from_static(b": keepalive\n\n")),
+                _ = heartbeat.tick() => (Frame::data(Bytes::from_static(b": keepalive\n\n")), false),
             };
-            let lagged = frame
-                .data_ref()
-                .is_some_and(|d| d.starts_with(b"event: lagged"));
             match tx.try_send(frame) {
                 Ok(()) if lagged => {
                     tracing::debug!(%cluster, "dashboard stream fell behind the broadcast; ended");

@@ -41,8 +41,8 @@ pub async fn serve(
         .security
         .http_tls()
         .map(tokio_rustls::TlsAcceptor::from);
-    let streams = Arc::new(tokio::sync::Semaphore::new(shared.config.http.max_streams));
     let token = shared.shutdown.clone();
+    let base = Context::with_recent(shared, recent);
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -58,11 +58,7 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let ctx = Context {
-            shared: shared.clone(),
-            recent: recent.clone(),
-            streams: streams.clone(),
-        };
+        let ctx = base.clone();
         let tls = tls.clone();
         let token = token.clone();
         connections.spawn(async move {
@@ -107,10 +103,16 @@ pub struct Context {
 impl Context {
     /// A context over `shared` with its own recent-events buffer and stream permits.
     pub fn new(shared: Arc<Shared>) -> Self {
+        Self::with_recent(shared, Arc::default())
+    }
+
+    /// A context over `shared` and the recent events `recent`, with `http.max_streams`
+    /// stream permits.
+    pub fn with_recent(shared: Arc<Shared>, recent: Arc<Recent>) -> Self {
         let streams = Arc::new(tokio::sync::Semaphore::new(shared.config.http.max_streams));
         Context {
             shared,
-            recent: Arc::new(Recent::default()),
+            recent,
             streams,
         }
     }
