@@ -1,5 +1,8 @@
-//! Publishing overload and recommendation events to the JetStream events stream.
+//! Publishing overload and recommendation events to the JetStream events stream, and the
+//! recent overload events the dashboard shows.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
@@ -19,6 +22,40 @@ pub enum Outgoing {
     Overload(pb::OverloadEvent),
     /// A changed recommendation set.
     Recommendations(Box<pb::RecommendationsChanged>),
+}
+
+/// Overload events kept for the event feed (every cluster together).
+pub const RECENT_EVENTS: usize = 2000;
+
+/// The latest overload events, newest last, at most [`RECENT_EVENTS`] (the dashboard's event
+/// feed): seeded from the events stream when the start-up replay ends, then every transition as
+/// it is emitted.
+#[derive(Debug, Default)]
+pub struct Recent {
+    events: Mutex<VecDeque<Arc<pb::OverloadEvent>>>,
+}
+
+impl Recent {
+    /// Keeps `event`, forgetting the oldest beyond [`RECENT_EVENTS`].
+    pub fn push(&self, event: pb::OverloadEvent) {
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if events.len() == RECENT_EVENTS {
+            events.pop_front();
+        }
+        events.push_back(Arc::new(event));
+    }
+
+    /// The newest `limit` events of `cluster` (every cluster when empty), newest first.
+    pub fn latest(&self, cluster: &str, limit: usize) -> Vec<Arc<pb::OverloadEvent>> {
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        events
+            .iter()
+            .rev()
+            .filter(|e| cluster.is_empty() || e.cluster == cluster)
+            .take(limit)
+            .cloned()
+            .collect()
+    }
 }
 
 /// Creates the events stream when it does not exist (an existing one is left as configured).
@@ -136,5 +173,32 @@ pub async fn publish_loop(
                 tokio::time::sleep(backoff).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(cluster: &str, node: &str) -> pb::OverloadEvent {
+        pb::OverloadEvent {
+            cluster: cluster.into(),
+            node: node.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn recent_keeps_the_newest_first_and_is_bounded() {
+        let r = Recent::default();
+        for i in 0..RECENT_EVENTS + 5 {
+            r.push(event(if i % 2 == 0 { "a" } else { "b" }, &i.to_string()));
+        }
+        let all = r.latest("", usize::MAX);
+        assert_eq!(all.len(), RECENT_EVENTS);
+        assert_eq!(all[0].node, (RECENT_EVENTS + 4).to_string());
+        let a = r.latest("a", 2);
+        assert_eq!(a.len(), 2);
+        assert!(a.iter().all(|e| e.cluster == "a"));
     }
 }

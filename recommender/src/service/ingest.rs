@@ -107,16 +107,21 @@ fn arrival(msg: &Message) -> Arrival {
     }
 }
 
-/// Applies one message (inflated first when its `Content-Encoding` says gzip, outside the
-/// state lock); returns the cluster and cycle it completed.
-fn apply(shared: &Shared, msg: &Message) -> Option<(String, u64)> {
-    let at = arrival(msg);
+/// A message's protobuf bytes: its payload, inflated when its `Content-Encoding` says gzip.
+fn inflated(msg: &Message) -> Result<std::borrow::Cow<'_, [u8]>, proxbalance_proto::CodecError> {
     let encoding = msg
         .headers
         .as_ref()
         .and_then(|h| h.get(proxbalance_proto::headers::CONTENT_ENCODING))
         .map(|v| v.as_str());
-    let result = proxbalance_proto::codec::decompress(encoding, &msg.payload)
+    proxbalance_proto::codec::decompress(encoding, &msg.payload)
+}
+
+/// Applies one message (inflated first, outside the state lock); returns the cluster and cycle
+/// it completed.
+fn apply(shared: &Shared, msg: &Message) -> Option<(String, u64)> {
+    let at = arrival(msg);
+    let result = inflated(msg)
         .map_err(Rejection::from)
         .and_then(|payload| shared.write().ingest(msg.subject.as_str(), &payload, at));
     match result {
@@ -153,6 +158,7 @@ pub(super) fn emit_overload(
 ) {
     for e in events {
         tracing::info!(cluster = %e.cluster, node = %e.node, reason = e.reason, state = e.state, clear_cause = e.clear_cause, value = e.value, "overload transition");
+        shared.recent_events.push(e.clone());
         let _ = shared.events.send(e.clone());
         if out.try_send(Outgoing::Overload(e)).is_err() {
             metrics::counter!(metric::EVENTS_FAILED, "kind" => "overload").increment(1);
@@ -208,10 +214,12 @@ fn on_cycle(
     }
 }
 
-/// The ids of the overload events stored in the events stream.
+/// The ids of the overload events stored in the events stream; each stored event is handed to
+/// `keep` in stream order.
 async fn stored_overload_ids(
     js: &jetstream::Context,
     subjects: &Subjects,
+    mut keep: impl FnMut(pb::OverloadEvent),
 ) -> Result<BTreeSet<String>, String> {
     let stream = js
         .get_stream(subjects.events_stream())
@@ -230,6 +238,12 @@ async fn stored_overload_ids(
             None => break,
         };
         pending = msg.info().map_or(0, |i| i.pending);
+        match inflated(&msg).and_then(|p| proxbalance_proto::decode::<pb::OverloadEvent>(&p)) {
+            Ok(e) => keep(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "an undecodable message in the events stream; not shown")
+            }
+        }
         if let Some(id) = msg
             .headers
             .as_ref()
@@ -257,7 +271,10 @@ async fn publish_after_replay(
 ) {
     let swept = shared.write().sweep(wall_ms());
     let replayed = transitions.len();
-    let missing: Vec<pb::OverloadEvent> = match stored_overload_ids(js, subjects).await {
+    // The stored events seed the dashboard's feed, which then gets every transition as it is
+    // emitted: those the stream lacks, below, and the live ones.
+    let keep = |e| shared.recent_events.push(e);
+    let missing: Vec<pb::OverloadEvent> = match stored_overload_ids(js, subjects, keep).await {
         Ok(stored) => transitions
             .into_iter()
             .filter(|e| !stored.contains(&e.event_id))

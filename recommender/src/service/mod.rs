@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError};
 use crate::state::{Cached, Encoded, State, StateSettings};
 
-pub use events::Outgoing;
+pub use events::{Outgoing, Recent};
 
 /// Metric names, in one place.
 pub mod metric {
@@ -159,6 +159,8 @@ pub struct Shared {
     state: RwLock<State>,
     /// Overload events as they happen (for `WatchEvents`).
     pub events: broadcast::Sender<pb::OverloadEvent>,
+    /// The latest overload events, stored ones included (the dashboard's event feed).
+    pub recent_events: Recent,
     /// Every recomputation, flagged when the moves changed (for `WatchRecommendations`).
     pub changes: broadcast::Sender<Notice>,
     /// False until the start-up replay has caught up.
@@ -187,6 +189,7 @@ impl Shared {
         Shared {
             state: RwLock::new(State::new(settings)),
             events,
+            recent_events: Recent::default(),
             changes,
             ready: AtomicBool::new(false),
             fresh_plans: Arc::new(tokio::sync::Semaphore::new(config.grpc.fresh_plans())),
@@ -415,14 +418,11 @@ pub async fn start(
         ),
     );
     if let Some((listener, _)) = http_listener {
-        let recent = Arc::new(http::Recent::default());
-        tasks.spawn("http-events", recent.clone().record(shared.clone()));
         tasks.spawn(
             "http",
             http::serve(
                 shared.clone(),
                 listener,
-                recent,
                 Duration::from_millis(config.grpc.shutdown_timeout_ms),
             ),
         );

@@ -1,75 +1,21 @@
-//! What changes while a page is open: the recent overload events (the event feed) and the
-//! server-sent events of `/api/v1/stream`, both fed by the broadcast channels the gRPC watches
-//! read ([`Shared::changes`], [`Shared::events`]). A stream whose reader stops reading or falls
+//! What changes while a page is open: the server-sent events of `/api/v1/stream`, fed by the
+//! broadcast channels the gRPC watches read ([`Shared::changes`], [`Shared::events`]). A stream whose reader stops reading or falls
 //! behind those channels is ended (the page reconnects and reloads its data); none of them can
 //! hold up the sender, ingest.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::body::{Bytes, Frame};
-use proxbalance_proto::v1 as pb;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::service::{Notice, Shared};
 use crate::state::dashboard::event_json;
 
-/// Overload events kept for the event feed (every cluster together).
-pub const RECENT_EVENTS: usize = 2000;
-
 /// A comment line sent this often on an idle stream, so that proxies keep it open and a
 /// vanished reader is found.
 const HEARTBEAT: Duration = Duration::from_secs(15);
-
-/// The latest overload events, newest last, at most [`RECENT_EVENTS`].
-#[derive(Debug, Default)]
-pub struct Recent {
-    events: Mutex<VecDeque<Arc<pb::OverloadEvent>>>,
-}
-
-impl Recent {
-    /// Keeps `event`, forgetting the oldest beyond [`RECENT_EVENTS`].
-    pub fn push(&self, event: pb::OverloadEvent) {
-        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        if events.len() == RECENT_EVENTS {
-            events.pop_front();
-        }
-        events.push_back(Arc::new(event));
-    }
-
-    /// The newest `limit` events of `cluster` (every cluster when empty), newest first.
-    pub fn latest(&self, cluster: &str, limit: usize) -> Vec<Arc<pb::OverloadEvent>> {
-        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        events
-            .iter()
-            .rev()
-            .filter(|e| cluster.is_empty() || e.cluster == cluster)
-            .take(limit)
-            .cloned()
-            .collect()
-    }
-
-    /// Records every event of `shared.events` until shutdown.
-    pub async fn record(self: Arc<Self>, shared: Arc<Shared>) {
-        let mut rx = shared.events.subscribe();
-        loop {
-            let received = tokio::select! {
-                () = shared.shutdown.cancelled() => break,
-                r = rx.recv() => r,
-            };
-            match received {
-                Ok(e) => self.push(e),
-                Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(skipped = n, "dashboard event feed fell behind; skipping");
-                }
-                Err(RecvError::Closed) => break,
-            }
-        }
-    }
-}
 
 /// One server-sent event: `event: <kind>` and its JSON on one `data:` line.
 fn sse(kind: &str, data: &serde_json::Value) -> Frame<Bytes> {
@@ -159,31 +105,4 @@ pub fn stream(
         let frame = rx.recv().await?;
         Some((Ok(frame), rx))
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(cluster: &str, node: &str) -> pb::OverloadEvent {
-        pb::OverloadEvent {
-            cluster: cluster.into(),
-            node: node.into(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn recent_keeps_the_newest_first_and_is_bounded() {
-        let r = Recent::default();
-        for i in 0..RECENT_EVENTS + 5 {
-            r.push(event(if i % 2 == 0 { "a" } else { "b" }, &i.to_string()));
-        }
-        let all = r.latest("", usize::MAX);
-        assert_eq!(all.len(), RECENT_EVENTS);
-        assert_eq!(all[0].node, (RECENT_EVENTS + 4).to_string());
-        let a = r.latest("a", 2);
-        assert_eq!(a.len(), 2);
-        assert!(a.iter().all(|e| e.cluster == "a"));
-    }
 }

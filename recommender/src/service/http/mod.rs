@@ -23,7 +23,6 @@ use tokio::net::TcpListener;
 
 use super::{Shared, metric};
 
-pub use live::Recent;
 pub use router::{Body, route};
 
 /// Longest time a client may take to send a request's headers, and to finish its TLS
@@ -31,18 +30,13 @@ pub use router::{Body, route};
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the dashboard on `listener` until the shutdown token is cancelled.
-pub async fn serve(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    recent: Arc<Recent>,
-    shutdown_timeout: Duration,
-) {
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown_timeout: Duration) {
     let tls = shared
         .security
         .http_tls()
         .map(tokio_rustls::TlsAcceptor::from);
     let token = shared.shutdown.clone();
-    let base = Context::with_recent(shared, recent);
+    let base = Context::new(shared);
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -94,27 +88,15 @@ pub async fn serve(
 pub struct Context {
     /// The service's state.
     pub shared: Arc<Shared>,
-    /// The recent overload events.
-    pub recent: Arc<Recent>,
     /// Permits of the live streams (`http.max_streams`).
     pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Context {
-    /// A context over `shared` with its own recent-events buffer and stream permits.
+    /// A context over `shared` with `http.max_streams` stream permits.
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self::with_recent(shared, Arc::default())
-    }
-
-    /// A context over `shared` and the recent events `recent`, with `http.max_streams`
-    /// stream permits.
-    pub fn with_recent(shared: Arc<Shared>, recent: Arc<Recent>) -> Self {
         let streams = Arc::new(tokio::sync::Semaphore::new(shared.config.http.max_streams));
-        Context {
-            shared,
-            recent,
-            streams,
-        }
+        Context { shared, streams }
     }
 }
 

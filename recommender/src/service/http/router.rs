@@ -412,13 +412,19 @@ async fn options(ctx: &Context, cluster: &str, vmid_text: &str) -> Response<Body
 
 /// `GET /api/v1/events`.
 fn events<B>(ctx: &Context, req: &Request<B>) -> Response<Body> {
-    let limit = match number(req, "limit", DEFAULT_EVENTS, live::RECENT_EVENTS) {
+    let limit = match number(
+        req,
+        "limit",
+        DEFAULT_EVENTS,
+        crate::service::events::RECENT_EVENTS,
+    ) {
         Ok(l) => l,
         Err(e) => return *e,
     };
     let cluster = query(req, "cluster").unwrap_or_default();
     let events: Vec<Value> = ctx
-        .recent
+        .shared
+        .recent_events
         .latest(&cluster, limit)
         .iter()
         .map(|e| event_json(e))

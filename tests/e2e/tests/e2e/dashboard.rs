@@ -322,6 +322,8 @@ struct Stack {
     demo: Driver,
     service: proxbalance_recommender::RunningService,
     shutdown: CancellationToken,
+    /// The recommender's configuration (to start it again).
+    cfg: proxbalance_recommender::Config,
     base: String,
     http: reqwest::Client,
     /// The CLI's `--server`, `--token-file` (and `--ca`) for the same recommender.
@@ -354,7 +356,7 @@ impl Stack {
             cli_args.extend(["--ca".to_owned(), pki.ca.display().to_string()]);
         }
         let shutdown = CancellationToken::new();
-        let service = proxbalance_recommender::start(cfg, shutdown.clone())
+        let service = proxbalance_recommender::start(cfg.clone(), shutdown.clone())
             .await
             .expect("recommender starts");
         let addr = service.http_addr().expect("http.listen is set");
@@ -369,6 +371,7 @@ impl Stack {
             demo,
             service,
             shutdown,
+            cfg,
             base: format!("{scheme}://{host}:{}", addr.port()),
             http: http.build().expect("client"),
             cli_args,
@@ -413,6 +416,48 @@ impl Stack {
             .await
             .expect("stops in time")
             .expect("stops cleanly");
+    }
+
+    /// Stops the recommender, then starts it again on the same NATS with the dashboard on the
+    /// same address.
+    async fn restart(mut self) -> Stack {
+        let mut cfg = self.cfg.clone();
+        cfg.http.listen = self.service.http_addr().map(|a| a.to_string());
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.service.wait())
+            .await
+            .expect("stops in time")
+            .expect("stops cleanly");
+        self.shutdown = CancellationToken::new();
+        self.service = proxbalance_recommender::start(cfg, self.shutdown.clone())
+            .await
+            .expect("recommender starts again");
+        self
+    }
+
+    /// The event ids of `/api/v1/events?cluster=demo`, newest first.
+    async fn event_ids(&self) -> Vec<String> {
+        let (status, body) = self.get("/api/v1/events?cluster=demo", Some(TOKEN)).await;
+        assert_eq!(status, 200, "{body}");
+        body["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| e["event_id"].as_str().expect("event_id").to_owned())
+            .collect()
+    }
+
+    /// Polls `/api/v1/events?cluster=demo` until `done` holds for its ids.
+    async fn events_until(&self, what: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + PAGE_WAIT;
+        loop {
+            let ids = self.event_ids().await;
+            if done(&ids) {
+                return ids;
+            }
+            assert!(Instant::now() < deadline, "{what}: events {ids:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -490,6 +535,27 @@ async fn api_over_tls_with_the_grpc_token() {
     let (status, events) = s.get("/api/v1/events?cluster=demo", Some(TOKEN)).await;
     assert_eq!(status, 200);
     assert!(events["events"].is_array());
+    s.stop().await;
+}
+
+/// The event feed survives a restart: the new recommender shows the overload events stored
+/// before it started (read from the events stream when its replay ends), once each. Before,
+/// the feed only held what the process itself had emitted, and was empty after every restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_feed_shows_what_was_stored_before_a_restart() {
+    let mut s = Stack::start(false).await;
+    s.cycle().await;
+    // the demo raises overloads on pve2 (memory overcommit) and pve6 (IOWait)
+    let before = s
+        .events_until("the demo's overloads", |ids| ids.len() >= 2)
+        .await;
+    let s = s.restart().await;
+    let after = s
+        .events_until("the stored events after the restart", |ids| {
+            ids.len() >= before.len()
+        })
+        .await;
+    assert_eq!(after, before);
     s.stop().await;
 }
 

@@ -553,7 +553,7 @@ async function clusterPage(cluster) {
     plan,
     set ? section("Predicted state: before → after", "prediction", predictionTable(set)) : null,
     set ? skippedSection(cluster, set) : null,
-    section("Overload events", "events", events.events.length ? null : h("p", { class: "muted", id: "no-events" }, "No overload raised or cleared since the recommender started."), eventList));
+    section("Overload events", "events", events.events.length ? null : h("p", { class: "muted", id: "no-events" }, "No overload raised or cleared in the events stream."), eventList));
 }
 
 // ---------------------------------------------------------------- guest page
