@@ -266,10 +266,7 @@ function onLive(kind, data) {
     if (kind === "lagged") scheduleReload(0);
     return;
   }
-  if (kind === "overload" && page.kind === "cluster" && data.cluster === page.cluster) {
-    const feed = document.getElementById("event-list");
-    if (feed) feed.prepend(eventRow(data));
-  }
+  // a set or an overload of what the page shows: reload it (the event feed comes with it)
   if (page.kind === "clusters" || data.cluster === page.cluster) {
     scheduleReload(page.kind === "clusters" ? 1000 : 150);
   }
